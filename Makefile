@@ -1,0 +1,33 @@
+# Two commands do all set-up on a fresh machine (Python 3.10+ with venv):
+#   make demo   - build the environment, then run the main job
+#   make test   - build the environment, then run the test suite
+# TORCH picks the torch build; the default is the CPU wheel. GPU users: make TORCH="torch==2.13.0" with
+# pip's --index-url for their CUDA version, or install torch into .venv first (see README).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.red-rlhf-installed
+
+.PHONY: demo test install bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH)"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/red-rlhf tiny-rm runs/tiny-rm
+	$(BIN)/red-rlhf score --reward-model runs/tiny-rm --input examples/score.jsonl --html runs/score.html
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_scoring.py
+
+clean:
+	rm -rf $(VENV) runs

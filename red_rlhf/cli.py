@@ -1,0 +1,146 @@
+"""The `red-rlhf` command line. Each sub-command parses its arguments, builds, and calls one function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from red_rlhf.redistribute import FIRST_TOKEN_RULES, SCHEMES
+from red_rlhf.scoring import MODES
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for; printed as one line, exit status 2."""
+
+
+def read_pairs(path: str) -> tuple[list[str], list[str]]:
+    """Prompts and responses from a JSON-lines file with fields "prompt" and "response"."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"input file {path} does not exist")
+    prompts, responses = [], []
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read input file {path}: {err}") from err
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}, line {number}: not valid JSON ({err.msg})") from err
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not isinstance(record.get("response"), str):
+            raise UserError(f'{path}, line {number}: each line needs string fields "prompt" and "response"')
+        prompts.append(record["prompt"])
+        responses.append(record["response"])
+    if not prompts:
+        raise UserError(f"input file {path} holds no prompt/response lines")
+    return prompts, responses
+
+
+def _load_pretrained(kind: str, loader, name_or_path: str, **kwargs):
+    looks_local = name_or_path.startswith((".", "/", "~")) or Path(name_or_path).exists()
+    if looks_local and not Path(name_or_path).expanduser().exists():
+        raise UserError(f"{kind} path {name_or_path} does not exist")
+    try:
+        return loader(str(Path(name_or_path).expanduser()) if looks_local else name_or_path, **kwargs)
+    except OSError as err:
+        raise UserError(f"could not load {kind} {name_or_path!r}: {str(err).splitlines()[0]}") from err
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    from transformers import AutoTokenizer
+
+    from red_rlhf.report import heatmap_html, print_table
+    from red_rlhf.rewards import HFRewardModel
+    from red_rlhf.scorer import TokenRewardScorer
+
+    if args.input is not None:
+        if args.prompt is not None or args.response is not None:
+            raise UserError("give either --input FILE.jsonl or --prompt and --response, not both")
+        prompts, responses = read_pairs(args.input)
+    elif args.prompt is None or args.response is None:
+        raise UserError("give --prompt and --response (or --input FILE.jsonl)")
+    else:
+        prompts, responses = [args.prompt], [args.response]
+    for i, response in enumerate(responses):
+        if not response.strip():
+            raise UserError(f"response {i + 1} is empty: there are no tokens to reward")
+    reward = _load_pretrained(
+        "reward model", HFRewardModel.from_pretrained, args.reward_model, mode=args.mode, format=args.format,
+        label_index=args.label_index, attn_implementation="eager" if args.scheme == "abc" else None,
+    )
+    policy_tokenizer = None
+    if args.policy_tokenizer:
+        policy_tokenizer = _load_pretrained("policy tokenizer", AutoTokenizer.from_pretrained, args.policy_tokenizer)
+    scorer = TokenRewardScorer(reward, policy_tokenizer=policy_tokenizer, scheme=args.scheme, beta_c=args.beta_c,
+                               first_token=args.first_token)
+    rows = scorer.score(prompts, responses)
+    print_table(rows)
+    if args.html:
+        out = Path(args.html)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(heatmap_html(rows), encoding="utf-8")
+        print(f"wrote {out}")
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("".join(json.dumps(row.to_dict()) + "\n" for row in rows), encoding="utf-8")
+        print(f"wrote {out}")
+
+
+def cmd_tiny_rm(args: argparse.Namespace) -> None:
+    from red_rlhf.tiny import save_tiny_reward_model
+
+    out = save_tiny_reward_model(args.out_dir, arch=args.arch, seed=args.seed)
+    print(f"wrote a tiny, randomly initialised {args.arch} reward model and its tokenizer to {out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="red-rlhf", description="RLHF with token-level rewards (RED).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (shows e.g. the scoring mode chosen)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    score = sub.add_parser("score", help="per-token rewards of responses under a reward model")
+    score.add_argument("--reward-model", required=True, help="HF reward model name or local path (a *ForSequenceClassification)")
+    score.add_argument("--prompt", help="the prompt text")
+    score.add_argument("--response", help="the response text")
+    score.add_argument("--input", help='JSON-lines file with "prompt" and "response" fields, one pair a line')
+    score.add_argument("--policy-tokenizer", help="tokenizer whose tokens get the rewards (default: the reward model's)")
+    score.add_argument("--scheme", choices=SCHEMES, default="red", help="reward placement (default: red)")
+    score.add_argument("--beta-c", type=float, default=1.0, help="RED blend with the sparse reward; 1 = pure RED")
+    score.add_argument("--first-token", choices=FIRST_TOKEN_RULES, default="difference",
+                       help="RED reward of the first response token (default: s_1 - s_0, the paper's equations)")
+    score.add_argument("--mode", choices=MODES, default="auto", help="causal single pass, per-prefix passes, or auto")
+    score.add_argument("--format", choices=("auto", "chat", "concat", "pair"), default="auto",
+                       help="how prompt and response become the reward model's input (default: auto)")
+    score.add_argument("--label-index", type=int, help="which output is the reward, for models with several labels")
+    score.add_argument("--html", help="also write a self-contained heatmap page here")
+    score.add_argument("--json", help="also write the scored tokens here as JSON lines")
+    score.set_defaults(func=cmd_score)
+
+    tiny = sub.add_parser("tiny-rm", help="build a tiny random reward model + tokenizer offline (for trying things out)")
+    tiny.add_argument("out_dir")
+    tiny.add_argument("--arch", choices=("gpt2", "llama", "bert"), default="gpt2")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=cmd_tiny_rm)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    try:
+        args.func(args)
+    except (UserError, ValueError) as err:
+        print(f"red-rlhf {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

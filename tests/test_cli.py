@@ -1,0 +1,95 @@
+"""Tier 2: the `red-rlhf` command line, in process, on a tiny reward model it builds."""
+
+import json
+from html.parser import HTMLParser
+
+import pytest
+
+from red_rlhf.cli import main
+
+VOID = {"meta", "br", "img", "hr", "input", "link"}
+
+
+class TagChecker(HTMLParser):
+    """Checks every opened tag is closed in order, and collects the token spans' text."""
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.errors, self.tokens, self._in_token = [], [], [], False
+
+    def handle_starttag(self, tag, attrs):
+        if tag not in VOID:
+            self.stack.append(tag)
+        if tag == "span" and ("class", "tok") in attrs:
+            self._in_token = True
+            self.tokens.append("")
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack.pop() != tag:
+            self.errors.append(tag)
+        self._in_token = False
+
+    def handle_data(self, data):
+        if self._in_token:
+            self.tokens[-1] += data
+
+
+@pytest.fixture(scope="module")
+def tiny_rm(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rm") / "tiny"
+    assert main(["tiny-rm", str(out)]) == 0
+    return out
+
+
+def test_score_prints_a_table_and_writes_html_and_json(tiny_rm, tmp_path, capsys):
+    pairs = [{"prompt": "Review:", "response": " The movie was <good> & great.<|endoftext|>"},
+             {"prompt": "Hello", "response": " world\nand more"}]
+    data = tmp_path / "in.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    page, rows_out = tmp_path / "out" / "heat.html", tmp_path / "rows.jsonl"
+    code = main(["score", "--reward-model", str(tiny_rm), "--input", str(data), "--html", str(page), "--json", str(rows_out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "prefix score" in printed and "response 2 of 2" in printed and "sum of rewards" in printed
+    rows = [json.loads(line) for line in rows_out.read_text().splitlines()]
+    checker = TagChecker()
+    checker.feed(page.read_text())
+    checker.close()
+    assert checker.errors == [] and checker.stack == []
+    assert checker.tokens == [t or "\u2205" for row in rows for t in row["tokens"]]  # every token, in order
+    assert "".join(rows[0]["tokens"]) == pairs[0]["response"]
+    assert "<script" not in page.read_text() and "http" not in page.read_text()  # self-contained
+    for row in rows:
+        assert sum(row["rewards"]) == pytest.approx(row["final_score"] - row["prompt_score"], abs=1e-5)
+
+
+def test_score_single_pair_with_other_scheme(tiny_rm, capsys):
+    assert main(["score", "--reward-model", str(tiny_rm), "--prompt", "Hi", "--response", " there", "--scheme", "sparse"]) == 0
+    assert "scheme sparse" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--reward-model", "./no/such/model", "--prompt", "a", "--response", " b"], "path ./no/such/model does not exist"),
+        (["--prompt", "a", "--response", "  "], "response 1 is empty"),
+        (["--input", "missing.jsonl"], "input file missing.jsonl does not exist"),
+        (["--prompt", "a"], "give --prompt and --response"),
+    ],
+)
+def test_clear_errors(tiny_rm, args, message, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    if "--reward-model" not in args:
+        args = ["--reward-model", str(tiny_rm)] + args
+    assert main(["score"] + args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unreadable_input_lines(tiny_rm, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "response": " b"}\n{not json\n')
+    assert main(["score", "--reward-model", str(tiny_rm), "--input", str(bad)]) == 2
+    assert "bad.jsonl, line 2: not valid JSON" in capsys.readouterr().err
+    bad.write_text('{"prompt": "a"}\n')
+    assert main(["score", "--reward-model", str(tiny_rm), "--input", str(bad)]) == 2
+    assert 'line 1: each line needs string fields "prompt" and "response"' in capsys.readouterr().err
