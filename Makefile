@@ -1,8 +1,8 @@
 # Two commands do all set-up on a fresh machine (Python 3.10+ with venv):
 #   make demo   - build the environment, then run the main job
 #   make test   - build the environment, then run the test suite
-# TORCH picks the torch build; the default is the CPU wheel. GPU users: make TORCH="torch==2.13.0" with
-# pip's --index-url for their CUDA version, or install torch into .venv first (see README).
+# TORCH picks the torch build; the default is the CPU wheel. GPU users:
+#   make test TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cuXXX"   (see README)
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
@@ -15,7 +15,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH)"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
 	touch $(STAMP)
 
