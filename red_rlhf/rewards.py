@@ -19,6 +19,7 @@ from typing import Protocol
 import torch
 
 from red_rlhf.alignment import check_cuts, scores_at_cuts, sums_between_cuts
+from red_rlhf.redistribute import token_rewards
 from red_rlhf.scoring import pooled_attention, prefix_scores, resolve_mode
 
 FORMATS = ("auto", "chat", "concat", "pair")
@@ -187,3 +188,29 @@ class HFRewardModel:
                 out.append(CutScores(s[row.first - 1], scores_at_cuts(row.response_ends, rm_scores, s[row.first - 1], final, row_cuts), shares))
         return out
 
+
+def place_rewards(scored: list[CutScores], width: int, scheme: str, *, beta_c: float = 1.0,
+                  first_token: str = "difference", abc_beta: float = 0.5, shift: float = 0.0,
+                  scale: float = 1.0, clip: float | None = None, dtype: torch.dtype = torch.float32
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rewards (B, width) on right-padded response positions, and the final scores R(x, y) (B,).
+
+    Rows are laid out as [prompt score | response prefix scores | padding] and placed by `token_rewards`.
+    Normalisation (s - shift) / scale and clipping act on every prefix score s_t alike, before placement,
+    so RED rewards still telescope to the normalised R(x, y) - R(x).
+    """
+    scores = torch.zeros(len(scored), 1 + width, dtype=torch.float64)
+    mask = torch.zeros(len(scored), 1 + width, dtype=torch.bool)
+    attention = torch.zeros_like(scores) if scheme == "abc" else None
+    for i, cs in enumerate(scored):
+        n = len(cs.scores)
+        scores[i, 0], scores[i, 1: n + 1], mask[i, 1: n + 1] = cs.prompt_score, torch.tensor(cs.scores, dtype=torch.float64), True
+        if attention is not None:
+            attention[i, 1: n + 1] = torch.tensor(cs.attention, dtype=torch.float64)
+    scores = (scores - shift) / scale
+    if clip is not None:
+        scores = scores.clamp(-clip, clip)
+    scores = torch.where(mask | (torch.arange(1 + width) == 0), scores, torch.zeros_like(scores))
+    rewards = token_rewards(scheme, scores, mask, beta_c=beta_c, first_token=first_token, attention=attention, abc_beta=abc_beta)
+    final = torch.tensor([cs.scores[-1] for cs in scored], dtype=torch.float64)
+    return rewards[:, 1:].to(dtype), final.to(dtype)

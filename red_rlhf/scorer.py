@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from red_rlhf.redistribute import SCHEMES, token_rewards
-from red_rlhf.rewards import CutScores, FunctionReward, HFRewardModel, RewardSource
+from red_rlhf.redistribute import SCHEMES
+from red_rlhf.rewards import FunctionReward, HFRewardModel, RewardSource, place_rewards
 
 
 @dataclass
@@ -82,24 +82,11 @@ class TokenRewardScorer:
             tokenized.append((ids, offsets))
         cuts = [[end for _, end in offsets] for _, offsets in tokenized]
         scored = self.reward.score_cuts(prompts, responses, cuts, need_attention=self.scheme == "abc")
-        rewards = self._rewards(scored)
+        width = max(len(cs.scores) for cs in scored)
+        rewards = place_rewards(scored, width, self.scheme, beta_c=self.beta_c, first_token=self.first_token,
+                                abc_beta=self.abc_beta, dtype=torch.float64)[0]
         return [
             ScoredResponse(prompt, response, [response[s:e] for s, e in offsets], ids, offsets, cs.scores,
-                           cs.prompt_score, cs.scores[-1], row, self.scheme)
-            for prompt, response, (ids, offsets), cs, row in zip(prompts, responses, tokenized, scored, rewards)
+                           cs.prompt_score, cs.scores[-1], row[: len(ids)], self.scheme)
+            for prompt, response, (ids, offsets), cs, row in zip(prompts, responses, tokenized, scored, rewards.tolist())
         ]
-
-    def _rewards(self, scored: list[CutScores]) -> list[list[float]]:
-        """Lay the rows out as [prompt | response tokens | right padding] and call `token_rewards`."""
-        width = 1 + max(len(cs.scores) for cs in scored)
-        scores = torch.zeros(len(scored), width, dtype=torch.float64)
-        mask = torch.zeros(len(scored), width, dtype=torch.bool)
-        attention = torch.zeros(len(scored), width, dtype=torch.float64) if self.scheme == "abc" else None
-        for i, cs in enumerate(scored):
-            n = len(cs.scores)
-            scores[i, 0], scores[i, 1: n + 1], mask[i, 1: n + 1] = cs.prompt_score, torch.tensor(cs.scores), True
-            if attention is not None:
-                attention[i, 1: n + 1] = torch.tensor(cs.attention)
-        rewards = token_rewards(self.scheme, scores, mask, beta_c=self.beta_c, first_token=self.first_token,
-                                attention=attention, abc_beta=self.abc_beta)
-        return [rewards[i, 1: len(cs.scores) + 1].tolist() for i, cs in enumerate(scored)]
