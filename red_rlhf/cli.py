@@ -100,6 +100,26 @@ def cmd_tiny_rm(args: argparse.Namespace) -> None:
     print(f"wrote a tiny, randomly initialised {args.arch} reward model and its tokenizer to {out}")
 
 
+def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
+    from red_rlhf.config import load_config
+    from red_rlhf.trainer import Trainer
+
+    cfg = load_config(args.config, overrides)
+    try:
+        Trainer(cfg).train(resume=args.resume)
+    except KeyboardInterrupt:
+        print(f"stopped; resume with: red-rlhf train --config {args.config} --resume " + " ".join(overrides))
+        raise SystemExit(130) from None
+    print(f"done: metrics in {cfg.train.output_dir}/metrics.jsonl, policy in {cfg.train.output_dir}/policy; "
+          f"curves: red-rlhf plot {cfg.train.output_dir}")
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    from red_rlhf.plots import plot_run
+
+    print(f"wrote {plot_run(args.output_dir, args.out)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="red-rlhf", description="RLHF with token-level rewards (RED).")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (shows e.g. the scoring mode chosen)")
@@ -123,6 +143,17 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--json", help="also write the scored tokens here as JSON lines")
     score.set_defaults(func=cmd_score)
 
+    train = sub.add_parser("train", help="RL training (PPO or RLOO) on token-level rewards",
+                           description="Extra arguments --section.key=value override the YAML config.")
+    train.add_argument("--config", help="YAML config (see configs/); without it the defaults")
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in train.output_dir")
+    train.set_defaults(func=cmd_train, takes_overrides=True)
+
+    plot = sub.add_parser("plot", help="draw a run's curves (metrics.jsonl) to a PNG")
+    plot.add_argument("output_dir")
+    plot.add_argument("--out", help="PNG path (default: OUTPUT_DIR/curves.png)")
+    plot.set_defaults(func=cmd_plot)
+
     tiny = sub.add_parser("tiny-rm", help="build a tiny random reward model + tokenizer offline (for trying things out)")
     tiny.add_argument("out_dir")
     tiny.add_argument("--arch", choices=("gpt2", "llama", "bert"), default="gpt2")
@@ -132,11 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, extra = build_parser().parse_known_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
-        args.func(args)
-    except (UserError, ValueError) as err:
+        if getattr(args, "takes_overrides", False):
+            args.func(args, extra)
+        elif extra:
+            raise UserError(f"unrecognised arguments: {' '.join(extra)}")
+        else:
+            args.func(args)
+    except (UserError, ValueError, FileNotFoundError) as err:
         print(f"red-rlhf {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -1,0 +1,143 @@
+"""KL estimators, masked statistics, KL shaping, GAE and RLOO returns. Pure torch.
+
+Shapes: B rollouts, T response positions. `mask` (B, T) is True on response tokens (EOS included) and False on
+padding after the response.
+"""
+
+from __future__ import annotations
+
+import torch
+
+KL_ESTIMATORS = ("k1", "k3")
+
+
+def masked_sum(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    values = torch.where(mask.bool(), values, torch.zeros_like(values))
+    return values.sum() if dim is None else values.sum(dim)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    count = mask.sum() if dim is None else mask.sum(dim)
+    return masked_sum(values, mask, dim) / count.clamp(min=1)
+
+
+def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    mean = masked_mean(values, mask)
+    count = mask.sum()
+    if count < 2:
+        raise ValueError("a variance needs at least two unmasked values (is the batch of responses this small?)")
+    var = masked_mean((values - mean) ** 2, mask)
+    return var * count / (count - 1) if unbiased else var
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, stats=None) -> torch.Tensor:
+    """(values - mean) / std over the unmasked entries; with shift_mean=False the mean is added back.
+
+    stats: (mean, var) computed elsewhere, e.g. over all data-parallel processes; default: from these values.
+    """
+    mean, var = stats if stats is not None else (masked_mean(values, mask), masked_var(values, mask))
+    whitened = (values - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        whitened = whitened + mean
+    return torch.where(mask.bool(), whitened, torch.zeros_like(whitened))
+
+
+def kl_per_token(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
+    """Per-token KL(pi || pi_ref) estimate on the sampled tokens (Schulman's k1 / k3 estimators).
+
+    k1 = log pi - log pi_ref (signed; unbiased); k3 = (r - 1) - log r with r = pi_ref / pi (non-negative, unbiased).
+    """
+    log_ratio = logprobs - ref_logprobs
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k3":
+        return torch.expm1(-log_ratio) + log_ratio
+    raise ValueError(f"kl estimator must be one of {KL_ESTIMATORS}, got {estimator!r}")
+
+
+def shape_rewards(token_rewards: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
+    """The per-token reward RL optimises: r_t - kl_coef * KL_t on response tokens, 0 on padding."""
+    return torch.where(mask.bool(), token_rewards - kl_coef * kl, torch.zeros_like(token_rewards))
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
+    """Generalised advantage estimation over right-padded responses. Returns (advantages, returns), (B, T).
+
+    delta_t = r_t + gamma * V_{t+1} - V_t, A_t = delta_t + gamma * lam * A_{t+1}; V and A are 0 past the
+    response's last token (it ends the episode), so padding never leaks into the last real token.
+    """
+    mask = mask.bool()
+    values = torch.where(mask, values, torch.zeros_like(values))
+    rewards = torch.where(mask, rewards, torch.zeros_like(rewards))
+    advantages = torch.zeros_like(rewards)
+    next_value = torch.zeros_like(rewards[:, 0])
+    next_advantage = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):  # (B,) per step: the scan runs over T, vectorised over B
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        advantage = delta + gamma * lam * next_advantage
+        advantages[:, t] = torch.where(mask[:, t], advantage, torch.zeros_like(advantage))
+        next_value = torch.where(mask[:, t], values[:, t], torch.zeros_like(advantage))
+        next_advantage = advantages[:, t]
+    return advantages, torch.where(mask, advantages + values, torch.zeros_like(values))
+
+
+def gae_reference(rewards, values, mask, gamma: float, lam: float):
+    """The slow, obvious GAE: python loops per row and token, for tests."""
+    advantages = torch.zeros_like(rewards)
+    for b in range(rewards.shape[0]):
+        length = int(mask[b].sum())
+        running = 0.0
+        for t in reversed(range(length)):
+            next_value = float(values[b, t + 1]) if t + 1 < length else 0.0
+            delta = float(rewards[b, t]) + gamma * next_value - float(values[b, t])
+            running = delta + gamma * lam * running
+            advantages[b, t] = running
+    returns = torch.where(mask.bool(), advantages + values, torch.zeros_like(values))
+    return advantages, returns
+
+
+def returns_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """G_t = sum_{k >= t} gamma^(k-t) r_k over the response, (B, T), 0 on padding."""
+    rewards = torch.where(mask.bool(), rewards, torch.zeros_like(rewards))
+    out = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        running = rewards[:, t] + gamma * running
+        out[:, t] = running
+    return torch.where(mask.bool(), out, torch.zeros_like(out))
+
+
+def rloo_advantages(rewards: torch.Tensor, mask: torch.Tensor, group_size: int, gamma: float = 1.0) -> torch.Tensor:
+    """RLOO on per-token returns: A_{i,t} = G_{i,t} - mean_{j != i} G_{j,1}, (B, T).
+
+    Rows come in consecutive groups of `group_size` samples of the same prompt. Using the return-to-go G_{i,t}
+    rather than the whole-sequence sum keeps redistributed rewards useful: for RED, G_{i,t} = R(x, y_i) - s_{i,t-1},
+    the prefix score acting as a state-dependent baseline, while the leave-one-out term uses the others' full
+    returns G_{j,1}. With the sparse reward this is plain RLOO.
+    """
+    if group_size < 2:
+        raise ValueError(f"RLOO needs at least 2 samples per prompt, got {group_size}")
+    if rewards.shape[0] % group_size:
+        raise ValueError(f"batch of {rewards.shape[0]} rollouts is not a multiple of the group size {group_size}")
+    to_go = returns_to_go(rewards, mask, gamma)  # (B, T)
+    totals = to_go[:, 0].view(-1, group_size)  # (B / k, k): each sample's full return
+    baseline = (totals.sum(-1, keepdim=True) - totals) / (group_size - 1)  # leave-one-out mean, (B / k, k)
+    advantages = to_go - baseline.reshape(-1, 1)
+    return torch.where(mask.bool(), advantages, torch.zeros_like(advantages))
+
+
+def rloo_reference(rewards, mask, group_size: int, gamma: float = 1.0):
+    """RLOO with python loops, for tests."""
+    out = torch.zeros_like(rewards)
+    totals = []
+    for b in range(rewards.shape[0]):
+        length = int(mask[b].sum())
+        totals.append(sum(float(rewards[b, k]) * gamma**k for k in range(length)))
+    for b in range(rewards.shape[0]):
+        group = range(b - b % group_size, b - b % group_size + group_size)
+        baseline = sum(totals[j] for j in group if j != b) / (group_size - 1)
+        length = int(mask[b].sum())
+        for t in range(length):
+            to_go = sum(float(rewards[b, k]) * gamma ** (k - t) for k in range(t, length))
+            out[b, t] = to_go - baseline
+    return out

@@ -1,0 +1,349 @@
+"""Typed training configuration: dataclasses, loadable from YAML, overridable as --section.key=value.
+
+Every field is documented once, here. `validate` checks the whole config up front and names the field at fault;
+derived sizes are computed in `Config.derived` and nowhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from red_rlhf.advantages import KL_ESTIMATORS
+from red_rlhf.redistribute import FIRST_TOKEN_RULES, SCHEMES
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the field."""
+
+
+@dataclass
+class PolicyConfig:
+    name_or_path: str = "toy"
+    """HF causal LM name or path; "toy" builds a tiny GPT-2 and word tokenizer from a config (no download)."""
+    chat_template: bool = False
+    """Wrap each prompt in the policy tokenizer's chat template (user turn + generation prompt)."""
+    lora_r: int = 0
+    """LoRA rank through peft; 0 trains all weights. With LoRA the reference model is the base with adapters off."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator."""
+    lora_target_modules: list[str] | None = None
+    """Module names LoRA adapts; None lets peft choose for the architecture."""
+
+
+@dataclass
+class RewardConfig:
+    model: str | None = None
+    """HF reward model (a *ForSequenceClassification) name or path. Exactly one of model / function."""
+    function: str | None = None
+    """A python reward "package.module:function", text -> float (or (prompt, response) -> float, see takes_prompt)."""
+    takes_prompt: bool = False
+    """The function is called as f(prompt, response_prefix) instead of f(prompt + response_prefix)."""
+    scheme: str = "red"
+    """Reward placement: "red" (per-token redistribution), "sparse" (last token only) or "abc" (attention credit)."""
+    beta_c: float = 1.0
+    """RED blend: beta_c * RED + (1 - beta_c) * sparse. The paper uses 1."""
+    first_token: str = "difference"
+    """RED reward of the first response token: "difference" (s_1 - s_0), "zero" or "score" (see redistribute)."""
+    abc_beta: float = 0.5
+    """ABC: share of the score spread by attention; the rest goes on the last token."""
+    score_shift: float = 0.0
+    """Prefix scores are normalised as (s - score_shift) / score_scale before placement (the sum still telescopes)."""
+    score_scale: float = 1.0
+    """See score_shift."""
+    score_clip: float | None = None
+    """Clip normalised prefix scores to [-score_clip, score_clip] before placement; None: no clipping."""
+    missing_eos_penalty: float | None = None
+    """Subtracted from the last token's reward of a response cut at max_new_tokens without EOS; None: no penalty."""
+    mode: str = "auto"
+    """Scoring mode of an HF reward model: "auto", "causal" or "prefix"."""
+    format: str = "auto"
+    """How prompt + response become the reward model's input: "auto", "chat", "concat" or "pair"."""
+
+
+@dataclass
+class DataConfig:
+    prompts: str = "toy"
+    """Training prompts: a .txt (one a line) or .jsonl (field "prompt") file, or "toy" for the built-in toy prompts."""
+    eval_prompts: str | None = None
+    """Held-out prompts for evaluation, same formats; None: the last eval_size training prompts are held out."""
+    eval_size: int = 8
+    """How many prompts are held out when eval_prompts is None."""
+
+
+@dataclass
+class RolloutConfig:
+    batch_size: int = 8
+    """Prompts per step, per process."""
+    samples_per_prompt: int = 1
+    """Responses sampled per prompt (RLOO's k; needs >= 2 for RLOO)."""
+    max_new_tokens: int = 16
+    """Longest response; longer ones are cut (without EOS)."""
+    max_prompt_tokens: int = 64
+    """Longest prompt in policy tokens; a longer prompt is an error, not silently cut."""
+    temperature: float = 1.0
+    """Sampling temperature; the same temperature divides the logits of policy and reference log-probs."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold."""
+
+
+@dataclass
+class KLConfig:
+    coef: float = 0.02
+    """KL penalty coefficient beta in r_t - beta * KL_t (the paper's 0.02)."""
+    estimator: str = "k1"
+    """Per-token KL estimator: "k1" (log-ratio) or "k3"."""
+    adaptive: bool = False
+    """Adapt coef towards a target KL (Ziegler et al. 2019 controller)."""
+    target: float = 6.0
+    """Adaptive controller: target KL per response (summed over tokens)."""
+    horizon: int = 10000
+    """Adaptive controller: horizon in samples."""
+
+
+@dataclass
+class AlgoConfig:
+    algorithm: str = "ppo"
+    """"ppo" (GAE and a critic) or "rloo" (leave-one-out baseline on per-token returns, no critic)."""
+    epochs: int = 4
+    """Passes over each rollout batch."""
+    mini_batch_size: int = 8
+    """Rollouts per optimiser step; must divide batch_size * samples_per_prompt."""
+    grad_accum: int = 1
+    """Micro-batches per mini-batch (gradient accumulation); must divide mini_batch_size."""
+    policy_lr: float = 1e-5
+    """Policy learning rate (the paper: 1e-5)."""
+    critic_lr: float = 5e-6
+    """Critic learning rate (the paper: 5e-6)."""
+    lr_schedule: str = "constant"
+    """"constant" or "linear" (decay to 0 over train.steps)."""
+    clip_range: float = 0.2
+    """PPO ratio clip epsilon."""
+    value_clip_range: float | None = 0.2
+    """Value clip around the rollout's values; None: plain squared error."""
+    entropy_coef: float = 0.0
+    """Entropy bonus weight."""
+    gamma: float = 1.0
+    """Discount."""
+    lam: float = 0.95
+    """GAE lambda."""
+    whiten_advantages: bool = True
+    """Normalise advantages to zero mean, unit variance per batch."""
+    whiten_rewards: bool = False
+    """Scale the KL-shaped per-token rewards to unit variance per batch (mean kept), before GAE."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+    target_kl: float | None = None
+    """Stop the epochs of a step early once approx KL(old || new) exceeds this; None: never."""
+    critic_init: str = "reward"
+    """PPO critic: "reward" (a copy of the reward model, its score head as value head) or "policy" (a copy of the
+    policy trunk with a new zero-initialised value head). A reward function has no model: use "policy"."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 50
+    """Training steps (one rollout batch each)."""
+    seed: int = 0
+    """Seed for torch, python and sampling."""
+    output_dir: str = "runs/train"
+    """Checkpoints, metrics.jsonl, TensorBoard logs and samples go here."""
+    save_every: int = 25
+    """Checkpoint every N steps (and at the end, and on Ctrl-C); 0: only at the end."""
+    eval_every: int = 0
+    """Evaluate on held-out prompts every N steps (and at the end); 0: only at the end."""
+    keep_checkpoints: int = 2
+    """How many step checkpoints to keep."""
+    tensorboard: bool = True
+    """Also log metrics to TensorBoard through accelerate's trackers (when tensorboard is installed)."""
+
+
+@dataclass
+class Config:
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    kl: KLConfig = field(default_factory=KLConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def rollouts_per_step(self) -> int:
+        return self.rollout.batch_size * self.rollout.samples_per_prompt
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.algo.mini_batch_size // self.algo.grad_accum
+
+
+def _choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def _positive(name: str, value, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def validate(cfg: Config) -> Config:
+    """Check the whole config; raise ConfigError naming the first field that cannot work."""
+    r, ro, a, k, t = cfg.reward, cfg.rollout, cfg.algo, cfg.kl, cfg.train
+    if (r.model is None) == (r.function is None):
+        raise ConfigError("set exactly one of reward.model (an HF reward model) and reward.function (module:function)")
+    if r.function is not None and ":" not in r.function:
+        raise ConfigError(f"reward.function must look like 'package.module:function', got {r.function!r}")
+    _choice("reward.scheme", r.scheme, SCHEMES)
+    _choice("reward.first_token", r.first_token, FIRST_TOKEN_RULES)
+    _choice("reward.mode", r.mode, ("auto", "causal", "prefix"))
+    _choice("reward.format", r.format, ("auto", "chat", "concat", "pair"))
+    if not 0 <= r.beta_c <= 1:
+        raise ConfigError(f"reward.beta_c must be in [0, 1], got {r.beta_c}")
+    if not 0 <= r.abc_beta <= 1:
+        raise ConfigError(f"reward.abc_beta must be in [0, 1], got {r.abc_beta}")
+    _positive("reward.score_scale", r.score_scale)
+    if r.score_clip is not None:
+        _positive("reward.score_clip", r.score_clip)
+    if r.scheme == "abc" and r.function is not None:
+        raise ConfigError("reward.scheme 'abc' needs a reward model's attention; a reward.function has none")
+    for name in ("batch_size", "samples_per_prompt", "max_new_tokens", "max_prompt_tokens"):
+        _positive(f"rollout.{name}", getattr(ro, name))
+    _positive("rollout.temperature", ro.temperature)
+    if not 0 < ro.top_p <= 1:
+        raise ConfigError(f"rollout.top_p must be in (0, 1], got {ro.top_p}")
+    _choice("kl.estimator", k.estimator, KL_ESTIMATORS)
+    _positive("kl.coef", k.coef, allow_zero=True)
+    if k.adaptive:
+        _positive("kl.target", k.target)
+        _positive("kl.horizon", k.horizon)
+    _choice("algo.algorithm", a.algorithm, ("ppo", "rloo"))
+    _choice("algo.lr_schedule", a.lr_schedule, ("constant", "linear"))
+    _choice("algo.critic_init", a.critic_init, ("reward", "policy"))
+    for name in ("epochs", "mini_batch_size", "grad_accum", "policy_lr", "critic_lr", "clip_range", "max_grad_norm"):
+        _positive(f"algo.{name}", getattr(a, name))
+    if not 0 <= a.gamma <= 1 or not 0 <= a.lam <= 1:
+        raise ConfigError(f"algo.gamma and algo.lam must be in [0, 1], got {a.gamma} and {a.lam}")
+    if cfg.rollouts_per_step % a.mini_batch_size:
+        raise ConfigError(
+            f"algo.mini_batch_size={a.mini_batch_size} must divide rollout.batch_size * rollout.samples_per_prompt "
+            f"= {cfg.rollouts_per_step}"
+        )
+    if a.mini_batch_size % a.grad_accum:
+        raise ConfigError(f"algo.grad_accum={a.grad_accum} must divide algo.mini_batch_size={a.mini_batch_size}")
+    if a.algorithm == "rloo" and ro.samples_per_prompt < 2:
+        raise ConfigError("algo.algorithm 'rloo' needs rollout.samples_per_prompt >= 2")
+    if a.algorithm == "ppo" and a.critic_init == "reward" and r.model is None:
+        raise ConfigError("algo.critic_init 'reward' copies the reward model, but reward.function has none: use 'policy'")
+    if a.whiten_advantages and cfg.rollouts_per_step < 2:
+        raise ConfigError("algo.whiten_advantages needs at least 2 rollouts per step")
+    _positive("train.steps", t.steps)
+    _positive("train.save_every", t.save_every, allow_zero=True)
+    _positive("train.eval_every", t.eval_every, allow_zero=True)
+    _positive("train.keep_checkpoints", t.keep_checkpoints)
+    _positive("data.eval_size", cfg.data.eval_size, allow_zero=True)
+    return cfg
+
+
+# ---------------------------------------------------------------- loading: YAML, overrides, type checks
+
+
+def _coerce(name: str, value, annotation):
+    """Check (and for command-line strings, convert) a value against a field's type annotation."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(name, value, inner[0])
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{name} must be a list, got {value!r}")
+        return [_coerce(name, v, args[0]) for v in value]
+    if annotation is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
+        return value
+    if annotation in (int, float):
+        if isinstance(value, str):
+            try:
+                value = annotation(value)
+            except ValueError:
+                raise ConfigError(f"{name} must be a number ({annotation.__name__}), got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a number ({annotation.__name__}), got {value!r}")
+        if annotation is int and float(value) != int(value):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+        return annotation(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _apply(cfg: Config, section: str, key: str, value) -> None:
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    if section not in sections:
+        raise ConfigError(f"unknown config section {section!r}; sections are {sorted(sections)}")
+    obj = getattr(cfg, section)
+    hints = typing.get_type_hints(type(obj))
+    if key not in hints:
+        raise ConfigError(f"unknown config key {section}.{key}; {section} has {sorted(hints)}")
+    if isinstance(value, str) and value.lower() in ("null", "none") and type(None) in typing.get_args(hints[key]):
+        value = None
+    setattr(obj, key, _coerce(f"{section}.{key}", value, hints[key]))
+
+
+def from_dict(data: dict) -> Config:
+    cfg = Config()
+    if not isinstance(data, dict):
+        raise ConfigError("the config must be a mapping of sections")
+    for section, values in data.items():
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section {section!r} must be a mapping of keys")
+        for key, value in values.items():
+            _apply(cfg, section, key, value)
+    return cfg
+
+
+def parse_override(text: str) -> tuple[str, str, str]:
+    """'--section.key=value' or 'section.key=value' -> (section, key, value)."""
+    body = text[2:] if text.startswith("--") else text
+    if "=" not in body or "." not in body.split("=", 1)[0]:
+        raise ConfigError(f"override {text!r} must look like --section.key=value")
+    path, value = body.split("=", 1)
+    section, key = path.split(".", 1)
+    return section, key, value
+
+
+def load_config(path: str | None, overrides: list[str] = ()) -> Config:
+    """YAML file (optional) + command-line overrides -> a validated Config."""
+    import yaml
+
+    data = {}
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    cfg = from_dict(data)
+    for text in overrides:
+        _apply(cfg, *parse_override(text))
+    return validate(cfg)
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)

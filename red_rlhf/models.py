@@ -1,0 +1,118 @@
+"""Building the models a run needs: policy (+ LoRA), reference, critic, reward source. Plumbing only."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib
+
+import torch
+
+from red_rlhf.config import Config, ConfigError
+from red_rlhf.rewards import FunctionReward, HFRewardModel
+
+
+class Critic(torch.nn.Module):
+    """A transformer trunk and a linear head: one value per position, (B, T)."""
+
+    def __init__(self, trunk: torch.nn.Module, head: torch.nn.Module):
+        super().__init__()
+        self.trunk, self.head = trunk, head
+
+    def forward(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+        hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)[0]  # (B, T, H)
+        return self.head(hidden).squeeze(-1).float()
+
+
+def critic_from_reward_model(reward_model: torch.nn.Module) -> Critic:
+    """The reward model's trunk and score head, copied: values start out as the prefix scores."""
+    if not isinstance(getattr(reward_model, "score", None), torch.nn.Module):
+        raise ConfigError(f"algo.critic_init 'reward' needs a decoder reward model with a `score` head; "
+                          f"{type(reward_model).__name__} has none: use 'policy'")
+    return Critic(copy.deepcopy(reward_model.base_model), copy.deepcopy(reward_model.score))
+
+
+def critic_from_policy(policy: torch.nn.Module) -> Critic:
+    """The policy's trunk, copied, with a new zero-initialised value head (values start at 0)."""
+    head = torch.nn.Linear(policy.config.hidden_size, 1, bias=True)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    return Critic(copy.deepcopy(policy.base_model), head)
+
+
+def load_policy(cfg: Config):
+    """(policy, tokenizer). "toy" builds the toy task's tiny model; anything else goes to from_pretrained."""
+    name = cfg.policy.name_or_path
+    if name == "toy":
+        from red_rlhf.toy import toy_policy, toy_tokenizer
+
+        tokenizer = toy_tokenizer()
+        policy = toy_policy(tokenizer, seed=cfg.train.seed)
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name)
+            policy = AutoModelForCausalLM.from_pretrained(name)
+        except OSError as err:
+            raise ConfigError(f"policy.name_or_path: cannot load {name!r}: {str(err).splitlines()[0]}") from err
+    if tokenizer.eos_token_id is None:
+        raise ConfigError(f"policy.name_or_path: the tokenizer of {name!r} has no EOS token; responses could never end")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token  # safe: masks come from lengths, never from ids != pad
+    return policy.eval(), tokenizer  # eval: no dropout in RL; gradients still flow
+
+
+def apply_lora(policy, cfg: Config):
+    """Wrap the policy in LoRA adapters (peft) when policy.lora_r > 0; only the adapters train."""
+    if not cfg.policy.lora_r:
+        return policy
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as err:
+        raise ConfigError("policy.lora_r > 0 needs peft: pip install 'red-rlhf[lora]'") from err
+    lora = LoraConfig(r=cfg.policy.lora_r, lora_alpha=cfg.policy.lora_alpha, lora_dropout=0.0,
+                      target_modules=cfg.policy.lora_target_modules, task_type="CAUSAL_LM")
+    return get_peft_model(policy, lora).eval()
+
+
+def reference_model(policy, cfg: Config):
+    """A frozen copy of the initial policy, or None with LoRA (the base with adapters disabled is the reference)."""
+    if cfg.policy.lora_r:
+        return None
+    ref = copy.deepcopy(policy).eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+@contextlib.contextmanager
+def as_reference(policy, ref):
+    """Yields the model to compute reference log-probs with: ref, or the LoRA policy with its adapters off."""
+    if ref is not None:
+        yield ref
+    else:
+        with policy.disable_adapter():
+            yield policy
+
+
+def import_function(path: str):
+    module_name, _, attr = path.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"reward.function: cannot import {path!r}: {err}") from err
+    if not callable(fn):
+        raise ConfigError(f"reward.function: {path!r} is not callable")
+    return fn
+
+
+def load_reward(cfg: Config):
+    """The reward source of the run: an HFRewardModel or a FunctionReward."""
+    r = cfg.reward
+    if r.function is not None:
+        return FunctionReward(import_function(r.function), takes_prompt=r.takes_prompt, name=r.function)
+    try:
+        return HFRewardModel.from_pretrained(r.model, mode=r.mode, format=r.format,
+                                             attn_implementation="eager" if r.scheme == "abc" else None)
+    except OSError as err:
+        raise ConfigError(f"reward.model: cannot load {r.model!r}: {str(err).splitlines()[0]}") from err

@@ -1,0 +1,136 @@
+"""Advantages and the policy/critic update of one step, given a scored rollout.
+
+`compute_advantages` (phase 5) and `update` (phase 6) take plain tensors and models, so tests can feed them a
+fixed batch (the data-parallel equivalence test does). `Reduce` hides the data-parallel sums: identity on one
+process, an all-reduce under accelerate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from red_rlhf.advantages import gae, masked_whiten, rloo_advantages
+from red_rlhf.config import Config
+from red_rlhf.losses import entropy_from_logits, policy_loss, value_loss
+from red_rlhf.rollout import Rollout, response_logits, token_logprobs
+
+Reduce = Callable[[torch.Tensor], torch.Tensor]  # sums a tensor over data-parallel processes
+
+
+def local_sum(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+@dataclass
+class Experience:
+    rollout: Rollout
+    shaped_rewards: torch.Tensor  # (B, R) token rewards - kl_coef * KL
+    advantages: torch.Tensor  # (B, R)
+    returns: torch.Tensor | None  # (B, R) critic targets (PPO)
+
+
+def global_stats(values: torch.Tensor, mask: torch.Tensor, reduce: Reduce) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased variance of the masked entries over all processes."""
+    mask = mask.bool()
+    count = reduce(mask.sum().to(values.dtype))
+    total = reduce(torch.where(mask, values, 0).sum())
+    mean = total / count
+    squares = reduce(torch.where(mask, (values - mean) ** 2, 0).sum())
+    if count < 2:
+        raise ValueError("whitening needs at least two response tokens in the batch")
+    return mean, squares / (count - 1)
+
+
+def compute_advantages(cfg: Config, rollout: Rollout, shaped: torch.Tensor, reduce: Reduce = local_sum) -> Experience:
+    """Phase 5: GAE (PPO) or leave-one-out returns-to-go (RLOO), optionally whitened over the global batch."""
+    mask = rollout.response_mask
+    a = cfg.algo
+    if a.whiten_rewards:
+        shaped = masked_whiten(shaped, mask, shift_mean=False, stats=global_stats(shaped, mask, reduce))
+    if a.algorithm == "ppo":
+        advantages, returns = gae(shaped, rollout.values, mask, a.gamma, a.lam)
+    else:
+        advantages, returns = rloo_advantages(shaped, mask, cfg.rollout.samples_per_prompt, a.gamma), None
+    if a.whiten_advantages:
+        advantages = masked_whiten(advantages, mask, stats=global_stats(advantages, mask, reduce))
+    return Experience(rollout, shaped, advantages, returns)
+
+
+def _micro_batches(cfg: Config, size: int, generator: torch.Generator):
+    """Index lists: epochs x mini-batches x micro-batches over this process's rollouts (sizes are per process)."""
+    if size != cfg.rollouts_per_step:
+        raise ValueError(f"got {size} rollouts, but the config makes {cfg.rollouts_per_step} per step")
+    mini, micro = cfg.algo.mini_batch_size, cfg.micro_batch_size
+    for _ in range(cfg.algo.epochs):
+        order = torch.randperm(size, generator=generator)
+        yield [[order[i: i + micro] for i in range(lo, lo + mini, micro)] for lo in range(0, size, mini)]
+
+
+def update(cfg: Config, exp: Experience, policy, critic, policy_opt, critic_opt, *, backward=None, clip_grad=None,
+           reduce: Reduce = local_sum, generator: torch.Generator | None = None) -> dict[str, float]:
+    """Phase 6: PPO epochs x mini-batches x gradient-accumulation micro-batches. Returns mean diagnostics.
+
+    Losses are token sums divided by the global token count of their mini-batch (per process, as DDP averages
+    gradients), so 2 processes x b rollouts take the same step as 1 process x 2b. backward / clip_grad default to plain torch (accelerate passes its own).
+    """
+    backward = backward or (lambda loss: loss.backward())
+    clip_grad = clip_grad or (lambda params, norm: torch.nn.utils.clip_grad_norm_(params, norm))
+    generator = generator or torch.Generator().manual_seed(cfg.train.seed)
+    ro, a = exp.rollout, cfg.algo
+    ids, mask_all, pos = ro.sequences()
+    start = ro.prompt_ids.shape[1]
+    world = reduce(torch.tensor(1.0)).item()
+    totals: dict[str, list[float]] = {}
+
+    def record(key: str, value: float) -> None:
+        totals.setdefault(key, []).append(value)
+
+    for epoch in _micro_batches(cfg, len(ro), generator):
+        for mini in epoch:
+            # global token count of this mini-batch, per process: DDP averages the processes' gradients
+            tokens = reduce(ro.response_mask[torch.cat(mini)].sum().float()).item() / world
+            mini_loss = {"policy_loss": 0.0, "value_loss": 0.0}
+            mini_kl = []
+            for micro in mini:
+                m = ro.response_mask[micro]
+                logits = response_logits(policy, ids[micro], mask_all[micro], pos[micro], start, cfg.rollout.temperature)
+                logprobs = token_logprobs(logits, ro.response_ids[micro])
+                pl = policy_loss(logprobs, ro.logprobs[micro], exp.advantages[micro], m, a.clip_range, normalizer=tokens)
+                entropy = entropy_from_logits(logits)  # (b, R)
+                backward(pl.loss - a.entropy_coef * torch.where(m, entropy, 0).sum() / tokens)
+                mini_loss["policy_loss"] += pl.loss.item()
+                mini_kl.append(pl.approx_kl.item())
+                record("clip_fraction", pl.clip_fraction.item())
+                record("entropy", (torch.where(m, entropy, 0).sum() / m.sum()).item())
+                if critic is not None:
+                    values = critic(ids[micro], mask_all[micro], pos[micro])[:, start - 1: -1]  # V(prompt + response[:t])
+                    vl, vclip = value_loss(values, ro.values[micro], exp.returns[micro], m, a.value_clip_range, normalizer=tokens)
+                    backward(vl)
+                    mini_loss["value_loss"] += vl.item()
+                    record("value_clip_fraction", vclip.item())
+            record("policy_grad_norm", float(clip_grad(policy.parameters(), a.max_grad_norm)))
+            policy_opt.step()
+            policy_opt.zero_grad(set_to_none=True)
+            if critic is not None:
+                record("critic_grad_norm", float(clip_grad(critic.parameters(), a.max_grad_norm)))
+                critic_opt.step()
+                critic_opt.zero_grad(set_to_none=True)
+            for key, value in mini_loss.items():  # this process's share of the global per-token mean
+                record(key, value)
+            approx_kl = reduce(torch.tensor(sum(mini_kl) / len(mini_kl))).item() / world
+            record("approx_kl", approx_kl)
+            if a.target_kl is not None and approx_kl > a.target_kl:
+                return _summarise(totals, reduce, world, early_stop=True)
+    return _summarise(totals, reduce, world, early_stop=False)
+
+
+def _summarise(totals: dict[str, list[float]], reduce: Reduce, world: float, early_stop: bool) -> dict[str, float]:
+    """Means over the step and over processes (a process's loss is its token sum over the mean count per process)."""
+    out = {}
+    for key, values in totals.items():
+        out[key] = reduce(torch.tensor(sum(values) / len(values))).item() / world
+    out["early_stop"] = float(early_stop)
+    return out

@@ -1,0 +1,145 @@
+"""Rollouts: prompts -> sampled responses, masks and log-probs, plus scoring on the policy's tokens.
+
+B rollouts; P prompt positions, left-padded (so every response starts at position P); R response positions,
+right-padded. Masks are built from lengths (the first EOS ends a response), never from `ids != pad_id`, so a
+tokenizer whose pad id equals its EOS id keeps the real EOS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from red_rlhf.rewards import CutScores, RewardSource
+
+
+@dataclass
+class Rollout:
+    prompts: list[str]  # raw prompt texts, B
+    prompt_ids: torch.Tensor  # (B, P) left-padded
+    prompt_mask: torch.Tensor  # (B, P) long
+    response_ids: torch.Tensor  # (B, R) right-padded with the pad id
+    response_mask: torch.Tensor  # (B, R) bool, True on response tokens, EOS included
+    ended: torch.Tensor  # (B,) bool, the response ends with EOS (False: cut at max_new_tokens)
+    logprobs: torch.Tensor  # (B, R) log-probs of the sampling policy (temperature applied)
+    ref_logprobs: torch.Tensor  # (B, R) reference model, same temperature
+    values: torch.Tensor | None = None  # (B, R) critic values V(prompt + response[:t]), PPO only
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def select(self, index: torch.Tensor | list[int]) -> "Rollout":
+        """The rows `index`, all tensors sliced alike."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        picked = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "prompts":
+                picked[f.name] = [value[i] for i in index.tolist()]
+            elif value is not None:
+                picked[f.name] = value[index.to(value.device)]
+            else:
+                picked[f.name] = None
+        return Rollout(**picked)
+
+    def sequences(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Prompt + response: input_ids, attention_mask and position_ids (from the mask), each (B, P + R)."""
+        ids = torch.cat([self.prompt_ids, self.response_ids], dim=1)
+        mask = torch.cat([self.prompt_mask.long(), self.response_mask.long()], dim=1)
+        return ids, mask, position_ids(mask)
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """0 at each row's first real token, counting real tokens only (left padding does not shift positions)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def encode_prompts(tokenizer, prompts: list[str], *, max_tokens: int, chat_template: bool = False):
+    """Left-padded prompt ids and mask, (B, P). Empty or over-long prompts are errors, never silently cut."""
+    if not prompts:
+        raise ValueError("the prompt list is empty: give at least one prompt")
+    texts = prompts
+    if chat_template:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("policy.chat_template is set but the policy tokenizer has no chat template")
+        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+                 for p in prompts]
+    encoded = [tokenizer(t, add_special_tokens=not chat_template).input_ids for t in texts]
+    for i, ids in enumerate(encoded):
+        if not ids:
+            raise ValueError(f"prompt {i} ({prompts[i]!r}) is empty: the policy needs at least one prompt token")
+        if len(ids) > max_tokens:
+            raise ValueError(
+                f"prompt {i} has {len(ids)} tokens, more than rollout.max_prompt_tokens={max_tokens}: shorten it "
+                "or raise the limit"
+            )
+    width = max(len(ids) for ids in encoded)
+    pad = tokenizer.pad_token_id
+    prompt_ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+    prompt_mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for i, ids in enumerate(encoded):
+        prompt_ids[i, width - len(ids):] = torch.tensor(ids)
+        prompt_mask[i, width - len(ids):] = 1
+    return prompt_ids, prompt_mask
+
+
+def truncate_at_eos(response_ids: torch.Tensor, eos_id: int, pad_id: int):
+    """Mask up to and including the first EOS; ids after it become pad. Returns ids, mask (B, R) and ended (B,)."""
+    is_eos = response_ids == eos_id
+    ended = is_eos.any(-1)
+    positions = torch.arange(response_ids.shape[1], device=response_ids.device).expand_as(response_ids)
+    first_eos = torch.where(is_eos, positions, response_ids.shape[1]).min(-1).values  # R when there is none
+    mask = positions <= first_eos.unsqueeze(1)
+    return torch.where(mask, response_ids, pad_id), mask, ended
+
+
+@torch.no_grad()
+def sample(policy, tokenizer, prompt_ids, prompt_mask, *, max_new_tokens: int, temperature: float, top_p: float):
+    """Sampled responses: ids, mask (B, R = max_new_tokens) and ended (B,)."""
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(do_sample=True, temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
+                              min_new_tokens=0, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    out = policy.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
+    response = out[:, prompt_ids.shape[1]:]  # (B, <= R)
+    filler = torch.full((response.shape[0], max_new_tokens - response.shape[1]), tokenizer.pad_token_id,
+                        dtype=response.dtype, device=response.device)
+    return truncate_at_eos(torch.cat([response, filler], dim=1), tokenizer.eos_token_id, tokenizer.pad_token_id)
+
+
+def response_logits(model, ids, mask, pos, response_start: int, temperature: float) -> torch.Tensor:
+    """Logits that predict each response token, divided by the sampling temperature: (B, R, V)."""
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits  # (B, P + R, V)
+    return logits[:, response_start - 1: -1].float() / temperature
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log p(token) under logits, (B, R)."""
+    return torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def response_cuts(tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor) -> tuple[list[str], list[list[int]]]:
+    """Each response's text and where each of its tokens ends in that text (characters)."""
+    texts, cuts = [], []
+    for ids, mask in zip(response_ids.tolist(), response_mask.tolist()):
+        ids = [i for i, m in zip(ids, mask) if m]
+        text = tokenizer.decode(ids)
+        row, end = [], 0
+        for t in range(1, len(ids) + 1):
+            prefix = tokenizer.decode(ids[:t])
+            if text.startswith(prefix):  # decoders that rewrite spaces can break this; keep the last good cut
+                end = max(end, len(prefix))
+            row.append(end)
+        row[-1] = len(text)
+        texts.append(text)
+        cuts.append(row)
+    return texts, cuts
+
+
+def score_responses(reward: RewardSource, prompts, texts, cuts, *, need_attention: bool = False) -> list[CutScores]:
+    """Prefix scores of every response token (one CutScores per row), from any reward source."""
+    for i, text in enumerate(texts):
+        if not text:
+            raise ValueError(f"response {i} decodes to empty text; the reward source cannot score it")
+    return reward.score_cuts(prompts, texts, cuts, need_attention=need_attention)

@@ -1,0 +1,5 @@
+"""A broken reward function for the bad-input tests."""
+
+
+def reward(text: str) -> float:
+    return float("nan")

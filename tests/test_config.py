@@ -1,0 +1,59 @@
+"""Tier 1: typed config, YAML + overrides, validation errors that name the field."""
+
+import pytest
+
+from red_rlhf.config import ConfigError, load_config
+
+TOY = ["--reward.function=red_rlhf.toy:target_fraction", "--algo.critic_init=policy"]
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("reward:\n  function: red_rlhf.toy:target_fraction\nalgo:\n  critic_init: policy\n  epochs: 2\n")
+    cfg = load_config(str(path), ["--algo.epochs=3", "--kl.coef=0.1", "--algo.target_kl=none", "--train.tensorboard=false",
+                                  "--policy.lora_target_modules=c_attn,c_proj"])
+    assert cfg.algo.epochs == 3 and cfg.kl.coef == 0.1 and cfg.algo.target_kl is None
+    assert cfg.train.tensorboard is False and cfg.policy.lora_target_modules == ["c_attn", "c_proj"]
+    assert cfg.reward.function == "red_rlhf.toy:target_fraction"
+
+
+def test_the_shipped_configs_load():
+    for name in ("configs/toy.yaml", "configs/toy-rloo.yaml"):
+        load_config(name)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["--algo.epoch=2"], "unknown config key algo.epoch"),
+        (["--optim.lr=1"], "unknown config section 'optim'"),
+        (["--algo.mini_batch_size=5"], "algo.mini_batch_size=5 must divide rollout.batch_size"),
+        (["--algo.grad_accum=3"], "algo.grad_accum=3 must divide algo.mini_batch_size=8"),
+        (["--algo.epochs=two"], "algo.epochs must be a number"),
+        (["--algo.epochs=1.5"], "algo.epochs must be a number (int), got '1.5'"),
+        (["--reward.scheme=dense"], "reward.scheme must be one of"),
+        (["--reward.beta_c=2"], "reward.beta_c must be in [0, 1]"),
+        (["--algo.algorithm=rloo"], "needs rollout.samples_per_prompt >= 2"),
+        (["--algo.critic_init=reward"], "algo.critic_init 'reward' copies the reward model"),
+        (["--reward.scheme=abc"], "a reward.function has none"),
+        (["--reward.model=some/rm"], "exactly one of reward.model"),
+        (["--rollout.temperature=0"], "rollout.temperature must be > 0"),
+        (["algo.epochs"], "must look like --section.key=value"),
+    ],
+)
+def test_clear_errors(overrides, message):
+    with pytest.raises(ConfigError, match=None) as err:
+        load_config(None, TOY + overrides)
+    assert message in str(err.value)
+
+
+def test_missing_and_broken_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(str(tmp_path / "none.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("algo: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(str(bad))
+    bad.write_text("algo: 3\n")
+    with pytest.raises(ConfigError, match="section 'algo' must be a mapping"):
+        load_config(str(bad))

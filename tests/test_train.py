@@ -1,0 +1,147 @@
+"""Tier 2: tiny end-to-end training runs on the toy task (a known reward), checkpoints, resume, bad inputs."""
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from red_rlhf import checkpoint
+from red_rlhf.config import ConfigError, load_config
+from red_rlhf.trainer import Trainer
+
+
+def toy(tmp_path, *overrides, name="run"):
+    base = ["--train.tensorboard=false", "--train.eval_every=0", "--data.eval_size=0", "--train.save_every=0",
+            f"--train.output_dir={tmp_path / name}"]
+    return load_config("configs/toy.yaml", base + list(overrides))
+
+
+def params(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def changed(before, model):
+    return any(not torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
+@pytest.mark.parametrize("scheme", ["red", "sparse"])
+def test_reward_rises_and_weights_change(tmp_path, scheme):
+    trainer = Trainer(toy(tmp_path, f"--reward.scheme={scheme}", "--train.steps=14"))
+    policy0, critic0 = params(trainer.policy), params(trainer.critic)
+    history = trainer.train()
+    first, last = history[0]["reward_mean"], sum(m["reward_mean"] for m in history[-3:]) / 3
+    assert last > first + 0.1, [round(m["reward_mean"], 3) for m in history]
+    assert changed(policy0, trainer.policy) and changed(critic0, trainer.critic)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 15))
+    for key in ("step", "reward_mean", "kl", "response_length", "policy_loss", "value_loss", "entropy", "time_s"):
+        assert all(key in r and r[key] == r[key] for r in rows), key  # present and not NaN
+    assert (tmp_path / "run" / "policy" / "config.json").is_file()
+
+
+def test_rloo_trains_without_a_critic(tmp_path):
+    cfg = load_config("configs/toy-rloo.yaml", ["--train.tensorboard=false", "--data.eval_size=0", "--train.steps=3",
+                                                "--train.save_every=0", f"--train.output_dir={tmp_path / 'rloo'}"])
+    trainer = Trainer(cfg)
+    assert trainer.critic is None
+    before = params(trainer.policy)
+    history = trainer.train()
+    assert changed(before, trainer.policy) and history[-1]["value_loss"] == 0.0
+
+
+def test_kill_and_resume_gives_the_same_next_update(tmp_path):
+    straight = Trainer(toy(tmp_path, "--train.steps=4", "--train.save_every=2", "--kl.adaptive=true", "--kl.target=1",
+                           name="straight")).train()
+    first = Trainer(toy(tmp_path, "--train.steps=4", "--train.save_every=2", "--kl.adaptive=true", "--kl.target=1",
+                        name="resumed"))
+    original_step = first.train_step
+    calls = []
+
+    def killed_after_two():  # the process "dies" during step 3, after the checkpoint of step 2
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        calls.append(1)
+        return original_step()
+
+    first.train_step = killed_after_two
+    with pytest.raises(RuntimeError, match="killed"):
+        first.train()
+    resumed = Trainer(toy(tmp_path, "--train.steps=4", "--train.save_every=2", "--kl.adaptive=true", "--kl.target=1",
+                          name="resumed"))
+    rest = resumed.train(resume=True)
+    assert [m["step"] for m in rest] == [3, 4]
+    for a, b in zip(straight[2:], rest):
+        for key in ("reward_mean", "kl", "policy_loss", "value_loss", "kl_coef", "entropy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
+    assert straight[-1]["kl_coef"] != 0.02  # the adaptive coefficient moved and was restored
+
+
+def test_ctrl_c_saves_then_stops_and_an_unfinished_save_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    trainer = Trainer(toy(tmp_path, "--train.steps=5", name="int"))
+    original_step = trainer.train_step
+
+    def interrupted_step():
+        out = original_step()
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C during step 1: it finishes, saves, stops
+        return out
+
+    trainer.train_step = interrupted_step
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert checkpoint.latest(tmp_path / "int").name == "step-000001"
+    # a save killed half-way (here: state.pt cannot be written) leaves `latest` on the previous complete one
+    again = Trainer(toy(tmp_path, "--train.steps=5", name="int"))
+    again.load(checkpoint.latest(tmp_path / "int"))
+    again.step = 2
+    real_save = torch.save
+
+    def failing_save(obj, path, *args, **kwargs):
+        if str(path).endswith("state.pt"):
+            raise OSError("disk full")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError):
+        again.save()
+    monkeypatch.setattr(torch, "save", real_save)
+    assert checkpoint.latest(tmp_path / "int").name == "step-000001"
+    Trainer(toy(tmp_path, "--train.steps=5", name="int")).load(checkpoint.latest(tmp_path / "int"))
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        Trainer(toy(tmp_path, "--train.steps=5", name="int")).train()
+
+
+def test_bad_inputs_fail_clearly_and_save_nothing(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    with pytest.raises(ConfigError, match="holds no prompts"):
+        Trainer(toy(tmp_path, f"--data.prompts={empty}"))
+    long = tmp_path / "long.txt"
+    long.write_text("the movie was " * 30 + "\nthe plot\n")
+    trainer = Trainer(toy(tmp_path, f"--data.prompts={long}", "--rollout.batch_size=2", "--algo.mini_batch_size=2",
+                          "--rollout.max_prompt_tokens=16", name="long"))
+    with pytest.raises(ValueError, match="more than rollout.max_prompt_tokens=16"):
+        trainer.train()
+    trainer = Trainer(toy(tmp_path, "--reward.function=tests.nan_reward:reward", "--reward.takes_prompt=false",
+                          "--train.save_every=1", name="nan"))
+    with pytest.raises(ValueError, match="reward is nan"):
+        trainer.train()
+    assert checkpoint.latest(tmp_path / "nan", must_exist=False) is None
+
+
+def test_lora_reference_is_the_base_with_adapters_off(tmp_path):
+    trainer = Trainer(toy(tmp_path, "--policy.lora_r=4", "--policy.lora_target_modules=c_attn", "--train.steps=2",
+                          name="lora"))
+    assert trainer.ref is None
+    trainable = {n for n, p in trainer.policy.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    base = {n: p.detach().clone() for n, p in trainer.policy.named_parameters() if not p.requires_grad}
+    ro = trainer.rollout(["the movie was", "i liked the"])
+    torch.testing.assert_close(ro.logprobs, ro.ref_logprobs)  # LoRA B starts at 0: policy == reference
+    trainer.train()
+    for n, p in trainer.policy.named_parameters():
+        if n in base:
+            assert torch.equal(base[n], p)
+    ro = trainer.rollout(["the movie was", "i liked the"])
+    assert not torch.allclose(ro.logprobs, ro.ref_logprobs)
