@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/red-rlhf tiny-rm runs/tiny-rm
 	$(BIN)/red-rlhf score --reward-model runs/tiny-rm --input examples/score.jsonl --html runs/score.html
+	rm -rf runs/toy
+	$(BIN)/red-rlhf train --config configs/toy.yaml
+	$(BIN)/red-rlhf plot runs/toy
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

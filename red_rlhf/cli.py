@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -110,8 +111,9 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
     except KeyboardInterrupt:
         print(f"stopped; resume with: red-rlhf train --config {args.config} --resume " + " ".join(overrides))
         raise SystemExit(130) from None
-    print(f"done: metrics in {cfg.train.output_dir}/metrics.jsonl, policy in {cfg.train.output_dir}/policy; "
-          f"curves: red-rlhf plot {cfg.train.output_dir}")
+    if os.environ.get("RANK", "0") == "0":  # one line, not one per data-parallel process
+        print(f"done: metrics in {cfg.train.output_dir}/metrics.jsonl, policy in {cfg.train.output_dir}/policy; "
+              f"curves: red-rlhf plot {cfg.train.output_dir}")
 
 
 def cmd_plot(args: argparse.Namespace) -> None:

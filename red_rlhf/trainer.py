@@ -23,7 +23,7 @@ import torch
 
 from red_rlhf import checkpoint
 from red_rlhf.advantages import kl_per_token, masked_mean, shape_rewards
-from red_rlhf.config import Config, to_dict
+from red_rlhf.config import Config, ConfigError, to_dict
 from red_rlhf.data import PromptOrder, train_eval_prompts
 from red_rlhf.models import (apply_lora, as_reference, critic_from_policy, critic_from_reward_model, load_policy,
                              load_reward, reference_model)
@@ -53,15 +53,22 @@ class Trainer:
         self.cfg = cfg
         out = Path(cfg.train.output_dir)
         trackers = "tensorboard" if cfg.train.tensorboard and _has_tensorboard() else None
-        self.acc = accelerator or Accelerator(log_with=trackers, project_dir=str(out))
+        # cpu=True on machines without an accelerator: only then does accelerate join torchrun's processes (gloo)
+        cpu_only = not (torch.cuda.is_available() or torch.backends.mps.is_available())
+        self.acc = accelerator or Accelerator(cpu=cpu_only, log_with=trackers, project_dir=str(out))
         set_seed(cfg.train.seed + self.acc.process_index)
         self.out = out
         self.policy, self.tokenizer = load_policy(cfg)
         self.reward = load_reward(cfg)
         self.critic = None
         if cfg.algo.algorithm == "ppo":  # built before LoRA: the critic trains all its weights
-            self.critic = (critic_from_reward_model(self.reward.model) if cfg.algo.critic_init == "reward"
-                           else critic_from_policy(self.policy)).train(False)
+            if cfg.algo.critic_init == "reward":
+                if self.reward.tokenizer.get_vocab() != self.tokenizer.get_vocab():
+                    raise ConfigError("algo.critic_init 'reward': the critic reads the policy's tokens, but the reward "
+                                      "model uses another tokenizer; use algo.critic_init 'policy'")
+                self.critic = critic_from_reward_model(self.reward.model)
+            else:
+                self.critic = critic_from_policy(self.policy)
         self.policy = apply_lora(self.policy, cfg)
         self.ref = reference_model(self.policy, cfg)
         params = [p for p in self.policy.parameters() if p.requires_grad]
@@ -171,11 +178,11 @@ class Trainer:
                     if self._stop_requested:
                         self.save()
                         raise KeyboardInterrupt
+            self.export()
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
             self.acc.end_training()
-        self.export()
         return history
 
     def _on_interrupt(self, signum, frame):
@@ -207,6 +214,7 @@ class Trainer:
             with open(self.out / "samples.jsonl", "a", encoding="utf-8") as f:
                 for prompt, text, score in zip(ro.prompts, texts, final):
                     f.write(json.dumps({"step": self.step, "prompt": prompt, "response": text, "score": score}) + "\n")
+            _print_samples(self.step, ro.prompts, texts, final)
         return {"eval_reward_mean": sum(final) / len(final),
                 "eval_kl": torch.where(ro.response_mask, kl, 0).sum(-1).mean().item(),
                 "eval_response_length": ro.response_mask.sum(-1).float().mean().item()}
@@ -274,6 +282,18 @@ class Trainer:
             target = self.out / "policy"
             self.acc.unwrap_model(self.policy).save_pretrained(target)
             self.tokenizer.save_pretrained(target)
+
+
+def _print_samples(step: int, prompts, texts, scores, rows: int = 3) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"held-out samples, step {step}", show_lines=False)
+    for name in ("prompt", "response", "score"):
+        table.add_column(name, overflow="fold")
+    for prompt, text, score in list(zip(prompts, texts, scores))[:rows]:
+        table.add_row(prompt, text, f"{score:+.3f}")
+    Console().print(table)
 
 
 def _has_tensorboard() -> bool:

@@ -1,5 +1,6 @@
 """Tier 3: invariance: one update with 2 processes x 4 rollouts equals 1 process x 8 (torchrun, gloo, CPU)."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -12,12 +13,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_workers(n: int, out: Path) -> dict:
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+def torchrun(n: int, *args: str) -> None:
+    launcher = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    cmd = [torchrun, "--standalone", f"--nproc_per_node={n}", str(ROOT / "tests" / "dp_worker.py"), str(out)]
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([launcher, "--standalone", f"--nproc_per_node={n}", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def run_workers(n: int, out: Path) -> dict:
+    torchrun(n, str(ROOT / "tests" / "dp_worker.py"), str(out))
     return torch.load(out, weights_only=False)
 
 
@@ -35,3 +40,15 @@ def test_two_processes_take_the_same_step_as_one(tmp_path):
 
     initial = toy_policy(toy_tokenizer(), seed=0).state_dict()
     assert any(not torch.allclose(initial[n], v) for n, v in one["policy"].items() if n in initial)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is tested on Linux")
+def test_the_trainer_runs_as_two_processes_and_resumes(tmp_path):
+    out = tmp_path / "ddp"
+    common = ["-m", "red_rlhf.cli", "train", "--config", "configs/toy.yaml", "--train.save_every=1",
+              "--train.tensorboard=false", f"--train.output_dir={out}"]
+    torchrun(2, *common, "--train.steps=2")
+    torchrun(2, *common, "--train.steps=3", "--resume")
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]  # one line per step: the processes form one run, not two
+    assert sorted(p.name for p in (out / "checkpoints" / "step-000003").iterdir()) == ["rng-rank0.pt", "rng-rank1.pt", "state.pt"]

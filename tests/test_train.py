@@ -145,3 +145,34 @@ def test_lora_reference_is_the_base_with_adapters_off(tmp_path):
             assert torch.equal(base[n], p)
     ro = trainer.rollout(["the movie was", "i liked the"])
     assert not torch.allclose(ro.logprobs, ro.ref_logprobs)
+
+
+def test_hf_reward_model_with_another_tokenizer_and_abc(tmp_path):
+    from red_rlhf.tiny import save_tiny_reward_model
+
+    rm = save_tiny_reward_model(tmp_path / "rm")
+    for scheme in ("red", "abc"):
+        cfg = toy(tmp_path, f"--reward.model={rm}", "--reward.function=null", f"--reward.scheme={scheme}",
+                  "--train.steps=2", name=f"hf-{scheme}")
+        history = Trainer(cfg).train()
+        assert len(history) == 2 and history[-1]["reward_mean"] == history[-1]["reward_mean"]
+    with pytest.raises(ConfigError, match="uses another tokenizer"):
+        Trainer(toy(tmp_path, f"--reward.model={rm}", "--reward.function=null", "--algo.critic_init=reward", name="crit"))
+
+
+def test_cli_train_eval_tensorboard_and_plot(tmp_path, capsys):
+    from red_rlhf.cli import main
+
+    out = tmp_path / "cli"
+    code = main(["train", "--config", "configs/toy.yaml", "--train.steps=3", "--train.eval_every=2", "--data.eval_size=4",
+                 f"--train.output_dir={out}"])
+    assert code == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [("eval_reward_mean" in r) for r in rows] == [False, True, True]
+    assert (out / "samples.jsonl").is_file() and list(out.rglob("events.out.tfevents*"))
+    assert "held-out samples" in capsys.readouterr().out
+    assert main(["plot", str(out)]) == 0
+    assert (out / "curves.png").stat().st_size > 10_000
+    assert main(["train", "--config", "configs/toy.yaml", "--algo.epoch=2"]) == 2
+    assert "unknown config key algo.epoch" in capsys.readouterr().err
+    assert main(["plot", str(tmp_path / "nothing")]) == 2
