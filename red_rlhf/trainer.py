@@ -69,6 +69,11 @@ class Trainer:
                 self.critic = critic_from_reward_model(self.reward.model)
             else:
                 self.critic = critic_from_policy(self.policy)
+        context = getattr(self.policy.config, "n_positions", None) or getattr(self.policy.config, "max_position_embeddings", None)
+        if context and cfg.rollout.max_prompt_tokens + cfg.rollout.max_new_tokens > context:
+            raise ConfigError(f"rollout.max_prompt_tokens + rollout.max_new_tokens = "
+                              f"{cfg.rollout.max_prompt_tokens + cfg.rollout.max_new_tokens} exceeds the policy's context "
+                              f"of {context} tokens")
         self.policy = apply_lora(self.policy, cfg)
         self.ref = reference_model(self.policy, cfg)
         params = [p for p in self.policy.parameters() if p.requires_grad]
@@ -125,21 +130,30 @@ class Trainer:
         return rewards.to(self.acc.device), final.to(self.acc.device)
 
     def train_step(self) -> dict[str, float]:
-        c, t0 = self.cfg, time.perf_counter()
-        ro = self.rollout(self.order.next_batch(c.rollout.batch_size))  # 1 rollout
-        rewards, final = self.score(ro)  # 2 score + 3 redistribute
-        kl = kl_per_token(ro.logprobs, ro.ref_logprobs, c.kl.estimator)  # 4 KL-shape
+        c, t0, phase = self.cfg, time.perf_counter(), self._phase
+        phase(1, "rollout")
+        ro = self.rollout(self.order.next_batch(c.rollout.batch_size))
+        phase(2, "score + redistribute")
+        rewards, final = self.score(ro)
+        phase(4, "KL-shape")
+        kl = kl_per_token(ro.logprobs, ro.ref_logprobs, c.kl.estimator)
         shaped = shape_rewards(rewards, kl, ro.response_mask, self.kl.coef)
-        exp = compute_advantages(c, ro, shaped, reduce=self._sum)  # 5 advantages
-        stats = update(c, exp, self.policy, self.critic, self.policy_opt, self.critic_opt,  # 6 update
+        phase(5, "advantages")
+        exp = compute_advantages(c, ro, shaped, reduce=self._sum)
+        phase(6, "update")
+        stats = update(c, exp, self.policy, self.critic, self.policy_opt, self.critic_opt,
                        backward=self.acc.backward, clip_grad=self.acc.clip_grad_norm_, reduce=self._sum,
                        generator=torch.Generator().manual_seed(c.train.seed * 7919 + self.step))
         self.policy_sched.step()
         if self.critic_sched:
             self.critic_sched.step()
-        metrics = self._step_metrics(exp, rewards, final, kl, stats, time.perf_counter() - t0)  # 7 log
+        phase(7, "log")
+        metrics = self._step_metrics(exp, rewards, final, kl, stats, time.perf_counter() - t0)
         self.kl.update(metrics["kl"], c.rollouts_per_step * self.acc.num_processes)
         return metrics
+
+    def _phase(self, number: int, name: str) -> None:
+        """Progress of the phases within a step (a second progress bar while training runs)."""
 
     # ------------------------------------------------------------------ the loop
 
@@ -159,10 +173,12 @@ class Trainer:
         history = []
         previous = signal.signal(signal.SIGINT, self._on_interrupt) if _main_thread() else None
         try:
-            with Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
+            with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                           TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                           disable=not self.acc.is_main_process) as bar:
-                task = bar.add_task("train", total=c.train.steps, completed=self.step, info="")
+                task = bar.add_task("train steps", total=c.train.steps, completed=self.step, info="")
+                phases = bar.add_task("phase", total=7, info="")
+                self._phase = lambda number, name: bar.update(phases, completed=number - 1, info=f"{number} {name}")
                 while self.step < c.train.steps:
                     metrics = self.train_step()
                     self.step += 1

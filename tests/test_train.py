@@ -123,6 +123,8 @@ def test_bad_inputs_fail_clearly_and_save_nothing(tmp_path):
                           "--rollout.max_prompt_tokens=16", name="long"))
     with pytest.raises(ValueError, match="more than rollout.max_prompt_tokens=16"):
         trainer.train()
+    with pytest.raises(ConfigError, match="exceeds the policy's context of 128 tokens"):
+        Trainer(toy(tmp_path, "--rollout.max_prompt_tokens=120", "--rollout.max_new_tokens=20"))
     trainer = Trainer(toy(tmp_path, "--reward.function=tests.nan_reward:reward", "--reward.takes_prompt=false",
                           "--train.save_every=1", name="nan"))
     with pytest.raises(ValueError, match="reward is nan"):
