@@ -92,7 +92,7 @@ class HFRewardModel:
     """
 
     def __init__(self, model, tokenizer, *, mode: str = "auto", format: str = "auto", label_index: int | None = None,
-                 batch_size: int = 8, max_batch_tokens: int = 16384):
+                 batch_size: int = 8, max_batch_tokens: int = 4096):
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError("the reward model's tokenizer must be a fast tokenizer (it needs character offsets)")
         if format not in FORMATS:

@@ -24,19 +24,16 @@ logger = logging.getLogger("red_rlhf")
 MODES = ("auto", "causal", "prefix")
 
 
-def detect_mode(model: torch.nn.Module) -> str:
-    """'causal' when every attention layer of the model is causal and it has a `score` head, else 'prefix'."""
-    if getattr(model.config, "is_encoder_decoder", False):
-        return "prefix"
-    flags = {m.is_causal for m in model.modules() if isinstance(getattr(m, "is_causal", None), bool)}
-    if flags == {True} and isinstance(getattr(model, "score", None), torch.nn.Module):
-        return "causal"
-    return "prefix"
-
-
 def _is_bidirectional(model: torch.nn.Module) -> bool:
+    """True unless every attention layer declares itself causal (HF modules carry an `is_causal` flag)."""
     flags = {m.is_causal for m in model.modules() if isinstance(getattr(m, "is_causal", None), bool)}
     return getattr(model.config, "is_encoder_decoder", False) or flags != {True}
+
+
+def detect_mode(model: torch.nn.Module) -> str:
+    """'causal' when every attention layer of the model is causal and it has a `score` head, else 'prefix'."""
+    has_head = isinstance(getattr(model, "score", None), torch.nn.Module)
+    return "causal" if has_head and not _is_bidirectional(model) else "prefix"
 
 
 def resolve_mode(model: torch.nn.Module, mode: str) -> str:
@@ -108,8 +105,8 @@ def _pad_token_id(model: torch.nn.Module, value: int | None):
         model.config.pad_token_id = old
 
 
-@torch.no_grad()
-def _causal_prefix_scores(model, input_ids, attention_mask, column: int) -> torch.Tensor:
+def causal_scores(model, input_ids, attention_mask, column: int = 0) -> torch.Tensor:
+    """The score head at every position of a decoder classifier, (B, T), with gradients (reward-model training)."""
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T), 0 at the first real token
     hidden = model.base_model(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
@@ -166,9 +163,14 @@ def _per_prefix_scores(model, input_ids, attention_mask, token_type_ids, column,
     prefixes = sorted(_prefix_index_lists(attention_mask, suffix_len), key=lambda p: len(p[2]))
     start = 0
     while start < len(prefixes):
-        stop = start + 1
-        # Sorted by length: a chunk's width is its last prefix's length; grow it while under the budget.
-        while stop < len(prefixes) and (stop - start + 1) * len(prefixes[stop][2]) <= max_batch_tokens:
+        stop, real = start + 1, len(prefixes[start][2])
+        # Sorted by length, a chunk is as wide as its last prefix. Grow it while it stays under the token budget
+        # and at least 80% of its tokens are real: padding short prefixes to a long width wastes compute.
+        while stop < len(prefixes):
+            width, count = len(prefixes[stop][2]), stop - start + 1
+            if count * width > max_batch_tokens or real + width < 0.8 * count * width:
+                break
+            real += width
             stop += 1
         chunk = prefixes[start:stop]
         width = len(chunk[-1][2])
@@ -197,7 +199,7 @@ def prefix_scores(
     token_type_ids: torch.Tensor | None = None,
     suffix_len: int | list[int] = 0,
     label_index: int | None = None,
-    max_batch_tokens: int = 16384,
+    max_batch_tokens: int = 4096,
 ) -> torch.Tensor:
     """The reward model's score of the prefix ending at each position: (B, T) float32, 0 at padding.
 
@@ -220,7 +222,8 @@ def prefix_scores(
     if mode == "causal":
         if any(suffix_len):
             raise ValueError("suffix_len applies to prefix mode only: in causal mode position t reads tokens <= t")
-        scores = _causal_prefix_scores(model, input_ids, attention_mask, column)
+        with torch.no_grad():
+            scores = causal_scores(model, input_ids, attention_mask, column)
     else:
         scores = _per_prefix_scores(
             model, input_ids, attention_mask, token_type_ids, column, suffix_len, max(1, max_batch_tokens)

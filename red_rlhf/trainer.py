@@ -236,10 +236,10 @@ class Trainer:
                 "eval_response_length": ro.response_mask.sum(-1).float().mean().item()}
 
     def _sum(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum over data-parallel processes (identity on one)."""
         if self.acc.num_processes == 1:
             return x
-        return self.acc.reduce(x.to(self.acc.device), reduction="sum").cpu() if x.device.type == "cpu" else \
-            self.acc.reduce(x, reduction="sum")
+        return self.acc.reduce(x.to(self.acc.device), reduction="sum").to(x.device)
 
     def _mean(self, x: torch.Tensor) -> float:
         return (self._sum(x.detach().float().mean()) / self.acc.num_processes).item()

@@ -1,0 +1,285 @@
+"""Benchmark `red_rlhf.prefix_scores` against a plain forward pass and against naive per-prefix scoring.
+
+Run from the repository root (CPU only, no model hub access, about 3-4 minutes on 2 cores):
+
+    .venv/bin/python bench/bench_scoring.py
+    .venv/bin/python bench/bench_scoring.py --quick            # two lengths, fewer repetitions
+    .venv/bin/python bench/bench_scoring.py --lengths 64,512   # response lengths to run
+
+What is measured, for a batch of 16 rows (a 32-token prompt plus a response of L/2..L tokens, left-padded):
+
+- plain:  `model(input_ids, attention_mask).logits`, the ordinary sequence score (one score per row).
+- red:    `prefix_scores(model, ids, mask, mode="causal")`, the score of every prefix from one pass.
+  The two are timed side by side, interleaved in each repetition; target red/plain <= 1.05.
+- naive:  `naive_prefix_scores` (one unpadded forward per prefix) and `prefix_scores(mode="prefix")`
+  (per-prefix passes, batched). Both are far too slow for the whole batch, so they are measured on a few
+  rows (--naive-rows, default 1, chosen with the batch's median length) and scaled linearly to the batch.
+- check:  max |causal - naive| over the measured rows (causal scores are taken from the full padded batch).
+
+The last lines are one `scoring: <measure> = <value> at T=<total length>` line per measure and length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from transformers import GPT2Config, GPT2ForSequenceClassification
+
+from red_rlhf import scoring
+from red_rlhf.scoring import naive_prefix_scores, prefix_scores
+
+VOCAB = 8192
+PAD_ID = 0  # random token ids are drawn from 1..VOCAB-1, so padding is the only token HF pools past
+N_POSITIONS = 1024  # fixed so the model (and its parameter count) does not depend on --lengths
+
+# Rich wraps tables at 80 columns when output is piped; the per-prefix table needs more.
+console = Console(highlight=False, width=max(Console().width, 160))
+
+
+@dataclass
+class Result:
+    resp_len: int
+    total_len: int
+    plain: list[float]  # seconds per repetition, full batch
+    red: list[float]
+    naive_rows: int
+    naive_row_len: int  # real tokens in the first measured row
+    naive: float  # seconds, measured on naive_rows rows
+    prefix: float
+    red_rows: float  # seconds, causal prefix_scores on the same reduced rows
+    batch: int
+    max_diff: float  # max |causal - naive| on the reduced rows
+    max_score: float  # max |naive score|, to judge max_diff against
+
+    @property
+    def plain_med(self) -> float:
+        return statistics.median(self.plain)
+
+    @property
+    def red_med(self) -> float:
+        return statistics.median(self.red)
+
+    @property
+    def scale(self) -> float:
+        return self.batch / self.naive_rows
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="response lengths 64,256 and 3 repetitions")
+    p.add_argument("--lengths", type=str, default=None, help="comma-separated response lengths (default 64,128,256,512)")
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions of plain vs red (default 9, quick 3)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed repetitions before timing (the first length needs them)")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--prompt", type=int, default=32, help="prompt tokens in every row")
+    p.add_argument("--naive-rows", type=int, default=1, help="rows on which naive / prefix mode are measured")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    default_lengths = "64,256" if args.quick else "64,128,256,512"
+    args.lengths = [int(x) for x in (args.lengths or default_lengths).split(",")]
+    args.reps = args.reps or (3 if args.quick else 9)
+    if not 1 <= args.naive_rows <= args.batch:
+        p.error("--naive-rows must be between 1 and --batch")
+    if args.prompt + max(args.lengths) > N_POSITIONS:
+        p.error(f"prompt + response must fit the model's {N_POSITIONS} positions")
+    return args
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model() -> torch.nn.Module:
+    """A ~10M-parameter GPT-2 reward model from a config: random weights, no hub access."""
+    config = GPT2Config(
+        vocab_size=VOCAB, n_positions=N_POSITIONS, n_embd=256, n_layer=10, n_head=8,
+        num_labels=1, pad_token_id=PAD_ID, bos_token_id=None, eos_token_id=None,
+    )
+    model = GPT2ForSequenceClassification(config).to(torch.float32).eval()
+    # A random head gives scores near zero; scale it (as red_rlhf.tiny does) so max|diff| is judged on O(1) scores.
+    with torch.no_grad():
+        model.score.weight.mul_(20.0)
+    return model
+
+
+def make_batch(gen: torch.Generator, batch: int, prompt: int, resp_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded (batch, prompt + resp_len) ids and mask; each response has L/2..L tokens, uniformly."""
+    width = prompt + resp_len
+    lengths = prompt + torch.randint(resp_len // 2, resp_len + 1, (batch,), generator=gen)
+    ids = torch.randint(1, VOCAB, (batch, width), generator=gen)
+    mask = (torch.arange(width) >= (width - lengths).unsqueeze(1)).long()  # real tokens at the right end
+    return ids.masked_fill(mask == 0, PAD_ID), mask
+
+
+def median_rows(mask: torch.Tensor, k: int) -> list[int]:
+    """The k rows whose lengths are closest to the batch median, so scaling by rows is representative."""
+    lengths = mask.sum(-1).float()
+    return (lengths - lengths.median()).abs().argsort()[:k].tolist()
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def time_interleaved(candidates: dict[str, Callable[[], object]], reps: int, warmup: int) -> dict[str, list[float]]:
+    """Run every candidate once per repetition, so slow drifts of a noisy machine hit all of them alike.
+
+    The order rotates each repetition: whichever runs first after the other may see warmer or colder caches.
+    """
+    names = list(candidates)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for rep in range(warmup + reps):
+        order = names[rep % len(names):] + names[: rep % len(names)]
+        for name in order:
+            t = timed(candidates[name])
+            if rep >= warmup:
+                times[name].append(t)
+    return times
+
+
+def bench_length(model, args: argparse.Namespace, resp_len: int) -> Result:
+    # One generator per length: `--lengths 512` then times the same batch as the full run does.
+    gen = torch.Generator().manual_seed(args.seed * 100_003 + resp_len)
+    ids, mask = make_batch(gen, args.batch, args.prompt, resp_len)
+    console.print(f"[dim]T={ids.shape[1]}: timing plain vs red ({args.warmup} warm-up + {args.reps} reps)...[/]")
+    with torch.no_grad():
+        times = time_interleaved(
+            {
+                "plain": lambda: model(input_ids=ids, attention_mask=mask).logits,
+                "red": lambda: prefix_scores(model, ids, mask, mode="causal"),
+            },
+            reps=args.reps,
+            warmup=args.warmup,
+        )
+        red_full = prefix_scores(model, ids, mask, mode="causal")
+
+        rows = median_rows(mask, args.naive_rows)
+        sub_ids, sub_mask = ids[rows], mask[rows]
+        console.print(f"[dim]T={ids.shape[1]}: naive and prefix mode on {len(rows)} row(s), once each...[/]")
+        naive_out: list[torch.Tensor] = []
+        naive_t = timed(lambda: naive_out.append(naive_prefix_scores(model, sub_ids, sub_mask)))
+        prefix_t = timed(lambda: prefix_scores(model, sub_ids, sub_mask, mode="prefix"))
+        # A single forward on few rows is short and noisy: take the median of a few.
+        red_rows_t = statistics.median(timed(lambda: prefix_scores(model, sub_ids, sub_mask, mode="causal")) for _ in range(5))
+
+    naive = naive_out[0]
+    valid = sub_mask.bool()
+    return Result(
+        resp_len=resp_len,
+        total_len=ids.shape[1],
+        plain=times["plain"],
+        red=times["red"],
+        naive_rows=len(rows),
+        naive_row_len=int(sub_mask[0].sum()),
+        naive=naive_t,
+        prefix=prefix_t,
+        red_rows=red_rows_t,
+        batch=args.batch,
+        max_diff=float((red_full[rows] - naive)[valid].abs().max()),
+        max_score=float(naive[valid].abs().max()),
+    )
+
+
+def full_batch_table(results: list[Result], args: argparse.Namespace) -> Table:
+    table = Table(title=f"Full batch (B={args.batch}), measured: median of {args.reps} interleaved reps")
+    for col in ("T (prompt+resp)", "plain ms", "red ms", "red/plain", "median paired ratio", "plain min..max ms"):
+        table.add_column(col, justify="right")
+    for r in results:
+        paired = statistics.median(b / a for a, b in zip(r.plain, r.red))
+        table.add_row(
+            f"{r.total_len} ({args.prompt}+{r.resp_len})",
+            f"{1e3 * r.plain_med:.1f}",
+            f"{1e3 * r.red_med:.1f}",
+            f"{r.red_med / r.plain_med:.3f}",
+            f"{paired:.3f}",
+            f"{1e3 * min(r.plain):.0f}..{1e3 * max(r.plain):.0f}",
+        )
+    return table
+
+
+def per_prefix_table(results: list[Result]) -> Table:
+    rows = results[0].naive_rows
+    table = Table(title=f"Per-prefix baselines: measured on {rows} row(s) (1 run), extrapolated x{results[0].scale:g} to the batch")
+    columns = (
+        "T", "row\nlen", "naive s\nmeas.", "prefix s\nmeas.", "red ms\nmeas.", "naive/red\nmeas.",
+        "naive s\nextrap.", "prefix s\nextrap.", "naive/red\nextrap.", "prefix/red\nextrap.", "max|causal\n-naive|",
+    )
+    for col in columns:
+        table.add_column(col, justify="right")
+    for r in results:
+        table.add_row(
+            str(r.total_len),
+            str(r.naive_row_len),
+            f"{r.naive:.2f}",
+            f"{r.prefix:.2f}",
+            f"{1e3 * r.red_rows:.1f}",
+            f"{r.naive / r.red_rows:.0f}x",
+            f"{r.naive * r.scale:.1f}",
+            f"{r.prefix * r.scale:.1f}",
+            f"{r.naive * r.scale / r.red_med:.0f}x",
+            f"{r.prefix * r.scale / r.red_med:.0f}x",
+            f"{r.max_diff:.2e}",
+        )
+    return table
+
+
+def summary_lines(results: list[Result]) -> list[str]:
+    """One parseable line per measure and length: `scoring: <measure> = <value> at T=<total length>`."""
+    lines = []
+    for r in results:
+        at = f"at T={r.total_len}"
+        lines += [
+            f"scoring: red/plain = {r.red_med / r.plain_med:.3f} {at}",
+            f"scoring: naive/red = {r.naive * r.scale / r.red_med:.0f}x {at} (extrapolated from {r.naive_rows} row(s))",
+            f"scoring: prefix-mode/red = {r.prefix * r.scale / r.red_med:.0f}x {at} (extrapolated from {r.naive_rows} row(s))",
+            f"scoring: max|causal-naive| = {r.max_diff:.2e} {at} (max|score| = {r.max_score:.2f})",
+        ]
+    return lines
+
+
+def main() -> None:
+    args = parse_args()
+    seed_everything(args.seed)
+    model = build_model()
+    n_params = sum(p.numel() for p in model.parameters())
+    console.print(
+        f"model: GPT2ForSequenceClassification, {n_params:,} parameters "
+        f"(n_embd=256, n_layer=10, n_head=8, vocab={VOCAB}, n_positions={N_POSITIONS}), float32, CPU, "
+        f"attn={model.config._attn_implementation}"
+    )
+    console.print(
+        f"torch {torch.__version__}, threads={torch.get_num_threads()}; batch={args.batch}, prompt={args.prompt}, "
+        f"responses L/2..L for L in {args.lengths}, left padding; prefix mode max_batch_tokens="
+        f"{prefix_scores.__kwdefaults__['max_batch_tokens']}; red_rlhf from {scoring.__file__}"
+    )
+    # Other processes on a 2-core machine shift timings by tens of percent: show the load so a reader can tell.
+    console.print(f"load average before: {os.getloadavg()[0]:.2f} (anything near 1 or more means another busy process)")
+    start = time.perf_counter()
+    results = [bench_length(model, args, resp_len) for resp_len in args.lengths]
+    console.print(full_batch_table(results, args))
+    console.print(per_prefix_table(results))
+    console.print(
+        "naive = naive_prefix_scores; prefix = prefix_scores(mode='prefix'); red = prefix_scores(mode='causal').\n"
+        "meas. = measured on the reduced row(s), red included; extrap. = measured time x (batch / rows), compared "
+        "with red measured on the full batch. Rows are picked at the batch's median length."
+    )
+    console.print(f"total benchmark time: {time.perf_counter() - start:.0f} s; load average (1 min) at the end: "
+                  f"{os.getloadavg()[0]:.2f} (this benchmark alone adds about 1)")
+    for line in summary_lines(results):
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
