@@ -94,6 +94,55 @@ def cmd_score(args: argparse.Namespace) -> None:
         print(f"wrote {out}")
 
 
+def cmd_train_rm(args: argparse.Namespace) -> None:
+    import torch
+    from rich.progress import Progress
+
+    from red_rlhf.reward_model import read_pairs, train_reward_model
+    from red_rlhf.scoring import detect_mode
+
+    if not 0 <= args.held_out_fraction < 1:
+        raise UserError(f"--held-out-fraction must be in [0, 1), got {args.held_out_fraction}")
+    pairs = read_pairs(args.data)
+    generator = torch.Generator().manual_seed(args.seed)
+    order = torch.randperm(len(pairs), generator=generator).tolist()
+    n_held = int(round(len(pairs) * args.held_out_fraction))
+    held_out, train = [pairs[i] for i in order[:n_held]], [pairs[i] for i in order[n_held:]]
+    if not train:
+        raise UserError(f"{args.data}: no pairs left for training after holding out {n_held}")
+    if args.model == "tiny":
+        from red_rlhf.tiny import tiny_reward_model, tiny_tokenizer
+
+        tokenizer = tiny_tokenizer("gpt2")
+        model = tiny_reward_model("gpt2", len(tokenizer), pad_token_id=tokenizer.pad_token_id, seed=args.seed, width=64)
+    else:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        tokenizer = _load_pretrained("tokenizer", AutoTokenizer.from_pretrained, args.model)
+        model = _load_pretrained("model", AutoModelForSequenceClassification.from_pretrained, args.model, num_labels=1)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if detect_mode(model) != "causal":
+        raise UserError(f"{type(model).__name__} is not a decoder with a score head; train-rm trains causal reward "
+                        "models, whose prefix scores RED reads in one pass")
+    steps = args.epochs * -(-len(train) // args.batch_size)
+    with Progress() as bar:
+        task = bar.add_task("reward model", total=steps)
+        result = train_reward_model(model, tokenizer, train, held_out, epochs=args.epochs, lr=args.lr,
+                                    batch_size=args.batch_size, max_length=args.max_length,
+                                    all_positions=args.all_positions, seed=args.seed,
+                                    on_step=lambda loss: bar.update(task, advance=1, description=f"reward model  loss {loss:.3f}"))
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    result.update(train_pairs=len(train), held_out_pairs=len(held_out))
+    (out / "rm_metrics.json").write_text(json.dumps(result, indent=2))
+    print(f"held-out pairwise accuracy: {result['accuracy_before']:.3f} before, {result['accuracy_after']:.3f} after "
+          f"({len(held_out)} pairs); model saved to {out}")
+
+
 def cmd_tiny_rm(args: argparse.Namespace) -> None:
     from red_rlhf.tiny import save_tiny_reward_model
 
@@ -155,6 +204,20 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("output_dir")
     plot.add_argument("--out", help="PNG path (default: OUTPUT_DIR/curves.png)")
     plot.set_defaults(func=cmd_plot)
+
+    rm = sub.add_parser("train-rm", help="train a Bradley-Terry reward model on preference pairs")
+    rm.add_argument("--data", required=True, help='JSON lines with "prompt", "chosen" and "rejected" fields')
+    rm.add_argument("--output-dir", required=True, help="where the trained reward model and tokenizer are saved")
+    rm.add_argument("--model", default="tiny", help="HF decoder (name or path) to put a score head on; 'tiny' builds one")
+    rm.add_argument("--held-out-fraction", type=float, default=0.1, help="pairs held out for accuracy (default 0.1)")
+    rm.add_argument("--epochs", type=int, default=1)
+    rm.add_argument("--lr", type=float, default=1e-5)
+    rm.add_argument("--batch-size", type=int, default=8)
+    rm.add_argument("--max-length", type=int, default=256, help="longest prompt + response in tokens")
+    rm.add_argument("--all-positions", action="store_true",
+                    help="also train every position after chosen and rejected diverge (DeepSpeed-Chat style)")
+    rm.add_argument("--seed", type=int, default=0)
+    rm.set_defaults(func=cmd_train_rm)
 
     tiny = sub.add_parser("tiny-rm", help="build a tiny random reward model + tokenizer offline (for trying things out)")
     tiny.add_argument("out_dir")

@@ -1,0 +1,78 @@
+"""Bradley-Terry reward-model training on a tiny model: it must learn a planted preference."""
+
+import itertools
+import json
+import math
+
+import pytest
+import torch
+
+from red_rlhf.reward_model import (
+    PreferencePair, bradley_terry_loss, divergence_mask, read_pairs, train_reward_model,
+)
+from red_rlhf.tiny import tiny_reward_model, tiny_tokenizer
+
+GOOD = ["great", "good", "wonderful", "delightful", "clever", "funny"]
+BAD = ["bad", "dull", "terrible", "slow", "cold", "dirty"]
+SUBJECTS = ["The movie was", "The acting was", "The music is", "The plot was", "The food was", "The room was"]
+
+
+def planted_pairs():
+    pairs = [PreferencePair("Review: ", f"{s} {g}.", f"{s} {b}.") for s, g, b in itertools.product(SUBJECTS, GOOD, BAD)]
+    g = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(pairs), generator=g).tolist()
+    return [pairs[i] for i in order]
+
+
+def test_loss_and_divergence_mask():
+    assert bradley_terry_loss(torch.zeros(3), torch.zeros(3)).item() == pytest.approx(math.log(2))
+    assert bradley_terry_loss(torch.tensor([5.0]), torch.tensor([0.0])).item() < 0.01
+    c = torch.tensor([[1, 2, 3, 4, 0], [1, 2, 9, 0, 0]])
+    r = torch.tensor([[1, 2, 5, 6, 7], [1, 2, 3, 4, 0]])
+    mask = divergence_mask(c, (c != 0).long(), r, (r != 0).long())
+    assert mask.tolist() == [[False, False, True, True, False], [False, False, True, False, False]]
+
+
+@pytest.mark.parametrize("all_positions", [False, True])
+def test_tiny_reward_model_learns_a_planted_preference(all_positions):
+    tok = tiny_tokenizer("gpt2")
+    model = tiny_reward_model("gpt2", len(tok), pad_token_id=tok.pad_token_id, seed=11, width=64)
+    pairs = planted_pairs()
+    train, held_out = pairs[:160], pairs[160:]
+    # no held-out pair's exact texts were seen in training
+    assert not {(p.chosen, p.rejected) for p in held_out} & {(p.chosen, p.rejected) for p in train}
+    result = train_reward_model(model, tok, train, held_out, epochs=3, lr=3e-3, batch_size=16,
+                                all_positions=all_positions, seed=0)
+    assert result["accuracy_after"] >= 0.9, result
+    assert result["accuracy_after"] > result["accuracy_before"] + 0.2, result
+
+
+def test_read_pairs_errors(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"prompt": "a", "chosen": " b", "rejected": " c"}) + "\n")
+    assert read_pairs(f) == [PreferencePair("a", " b", " c")]
+    f.write_text(json.dumps({"prompt": "a", "chosen": " b"}) + "\n")
+    with pytest.raises(ValueError, match='needs string fields "prompt", "chosen" and "rejected"'):
+        read_pairs(f)
+    f.write_text(json.dumps({"prompt": "a", "chosen": " ", "rejected": " c"}) + "\n")
+    with pytest.raises(ValueError, match="empty chosen or rejected"):
+        read_pairs(f)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_pairs(tmp_path / "none.jsonl")
+
+
+def test_train_rm_cli_saves_a_model_red_can_score_with(tmp_path, capsys):
+    from red_rlhf import HFRewardModel, TokenRewardScorer
+    from red_rlhf.cli import main
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(p.__dict__) + "\n" for p in planted_pairs()))
+    out = tmp_path / "rm"
+    assert main(["train-rm", "--data", str(data), "--output-dir", str(out), "--epochs", "3", "--lr", "3e-3",
+                 "--batch-size", "16", "--held-out-fraction", "0.2"]) == 0
+    metrics = json.loads((out / "rm_metrics.json").read_text())
+    assert metrics["accuracy_after"] >= 0.9 and metrics["held_out_pairs"] == 43
+    assert "held-out pairwise accuracy" in capsys.readouterr().out
+    [row] = TokenRewardScorer(HFRewardModel.from_pretrained(str(out))).score(["Review: "], ["The movie was great."])
+    assert sum(row.rewards) == pytest.approx(row.final_score - row.prompt_score, abs=1e-5)
+    assert main(["train-rm", "--data", str(tmp_path / "none.jsonl"), "--output-dir", str(out)]) == 2
