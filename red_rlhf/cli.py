@@ -143,6 +143,14 @@ def cmd_train_rm(args: argparse.Namespace) -> None:
           f"({len(held_out)} pairs); model saved to {out}")
 
 
+def cmd_prepare_data(args: argparse.Namespace) -> None:
+    from red_rlhf.sentiment_data import prepare
+
+    out = prepare(args.cache_dir, sdist=args.sdist, seed=args.seed, margin=args.margin)
+    print(f"preference pairs: {out}/pairs_train.jsonl, {out}/pairs_eval.jsonl; prompts: {out}/prompts_train.txt, "
+          f"{out}/prompts_eval.txt; licence: {out}/LICENSE-vaderSentiment.txt")
+
+
 def cmd_tiny_rm(args: argparse.Namespace) -> None:
     from red_rlhf.tiny import save_tiny_reward_model
 
@@ -218,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also train every position after chosen and rejected diverge (DeepSpeed-Chat style)")
     rm.add_argument("--seed", type=int, default=0)
     rm.set_defaults(func=cmd_train_rm)
+
+    prep = sub.add_parser("prepare-data", help="build the embedded task's data from human sentiment ratings (cached)")
+    prep.add_argument("--cache-dir", default="~/.cache/red-rlhf", help="where downloads and prepared files go")
+    prep.add_argument("--sdist", help="a local vaderSentiment-3.3.2.tar.gz instead of downloading it with pip")
+    prep.add_argument("--seed", type=int, default=0)
+    prep.add_argument("--margin", type=float, default=1.0, help="least rating difference of a preference pair (-4..4 scale)")
+    prep.set_defaults(func=cmd_prepare_data)
 
     tiny = sub.add_parser("tiny-rm", help="build a tiny random reward model + tokenizer offline (for trying things out)")
     tiny.add_argument("out_dir")
