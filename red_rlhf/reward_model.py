@@ -136,6 +136,6 @@ def train_reward_model(model, tokenizer, train: list[PreferencePair], held_out: 
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             if on_step is not None:
-                on_step(float(loss))
+                on_step(loss.item())
     after = pairwise_accuracy(model, tokenizer, held_out, max_length) if held_out else math.nan
     return {"accuracy_before": before, "accuracy_after": after, "last_loss": float(loss)}
