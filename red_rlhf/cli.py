@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from red_rlhf.jsonl import read_records
 from red_rlhf.redistribute import FIRST_TOKEN_RULES, SCHEMES
 from red_rlhf.scoring import MODES
 
@@ -19,28 +20,11 @@ class UserError(Exception):
 
 def read_pairs(path: str) -> tuple[list[str], list[str]]:
     """Prompts and responses from a JSON-lines file with fields "prompt" and "response"."""
-    file = Path(path)
-    if not file.is_file():
-        raise UserError(f"input file {path} does not exist")
-    prompts, responses = [], []
     try:
-        lines = file.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"cannot read input file {path}: {err}") from err
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}, line {number}: not valid JSON ({err.msg})") from err
-        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not isinstance(record.get("response"), str):
-            raise UserError(f'{path}, line {number}: each line needs string fields "prompt" and "response"')
-        prompts.append(record["prompt"])
-        responses.append(record["response"])
-    if not prompts:
-        raise UserError(f"input file {path} holds no prompt/response lines")
-    return prompts, responses
+        records = read_records(path, ("prompt", "response"))
+    except (FileNotFoundError, ValueError) as err:
+        raise UserError(str(err)) from err
+    return [r["prompt"] for r in records], [r["response"] for r in records]
 
 
 def _load_pretrained(kind: str, loader, name_or_path: str, **kwargs):

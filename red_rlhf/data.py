@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from red_rlhf.config import ConfigError, DataConfig
+from red_rlhf.jsonl import read_records
 
 
 def read_prompts(path: str, field: str = "data.prompts") -> list[str]:
@@ -19,19 +19,13 @@ def read_prompts(path: str, field: str = "data.prompts") -> list[str]:
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"{field}: prompt file {path} does not exist")
-    lines = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
     if file.suffix == ".jsonl":
-        prompts = []
-        for number, line in enumerate(lines, start=1):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ConfigError(f"{field}: {path}, line {number}: not valid JSON ({err.msg})") from err
-            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-                raise ConfigError(f'{field}: {path}, line {number}: needs a string field "prompt"')
-            prompts.append(record["prompt"])
+        try:
+            prompts = [r["prompt"] for r in read_records(file, ("prompt",))]
+        except ValueError as err:
+            raise ConfigError(f"{field}: {err}") from err
     else:
-        prompts = lines
+        prompts = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not prompts:
         raise ConfigError(f"{field}: {path} holds no prompts")
     return prompts

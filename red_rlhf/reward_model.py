@@ -9,7 +9,6 @@ meaningful as partial-response scores.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from red_rlhf.jsonl import read_records
 from red_rlhf.scoring import causal_scores
 
 
@@ -29,24 +29,11 @@ class PreferencePair:
 
 def read_pairs(path: str | Path) -> list[PreferencePair]:
     """Pairs from a JSON-lines file with string fields prompt, chosen, rejected."""
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"preference file {path} does not exist")
     pairs = []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}, line {number}: not valid JSON ({err.msg})") from err
-        if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in ("prompt", "chosen", "rejected")):
-            raise ValueError(f'{path}, line {number}: needs string fields "prompt", "chosen" and "rejected"')
+    for number, record in enumerate(read_records(path, ("prompt", "chosen", "rejected")), start=1):
         if not record["chosen"].strip() or not record["rejected"].strip():
-            raise ValueError(f"{path}, line {number}: empty chosen or rejected response")
+            raise ValueError(f"{path}, record {number}: empty chosen or rejected response")
         pairs.append(PreferencePair(record["prompt"], record["chosen"], record["rejected"]))
-    if not pairs:
-        raise ValueError(f"{path} holds no preference pairs")
     return pairs
 
 

@@ -92,4 +92,4 @@ def test_unreadable_input_lines(tiny_rm, tmp_path, capsys):
     assert "bad.jsonl, line 2: not valid JSON" in capsys.readouterr().err
     bad.write_text('{"prompt": "a"}\n')
     assert main(["score", "--reward-model", str(tiny_rm), "--input", str(bad)]) == 2
-    assert 'line 1: each line needs string fields "prompt" and "response"' in capsys.readouterr().err
+    assert 'line 1: each line needs string field(s) "prompt", "response"' in capsys.readouterr().err

@@ -52,7 +52,7 @@ def test_read_pairs_errors(tmp_path):
     f.write_text(json.dumps({"prompt": "a", "chosen": " b", "rejected": " c"}) + "\n")
     assert read_pairs(f) == [PreferencePair("a", " b", " c")]
     f.write_text(json.dumps({"prompt": "a", "chosen": " b"}) + "\n")
-    with pytest.raises(ValueError, match='needs string fields "prompt", "chosen" and "rejected"'):
+    with pytest.raises(ValueError, match='needs string field\(s\) "prompt", "chosen", "rejected"'):
         read_pairs(f)
     f.write_text(json.dumps({"prompt": "a", "chosen": " ", "rejected": " c"}) + "\n")
     with pytest.raises(ValueError, match="empty chosen or rejected"):

@@ -1,0 +1,35 @@
+"""Reading JSON-lines files of records with required string fields, with errors that name file and line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def read_records(path: str | Path, fields: tuple[str, ...]) -> list[dict]:
+    """Records (dicts) from a JSON-lines file; each needs every field in `fields` as a string. Blank lines skip.
+
+    Raises FileNotFoundError for a missing file and ValueError naming the line for anything malformed.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"input file {path} does not exist")
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read {path}: {err}") from err
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}, line {number}: not valid JSON ({err.msg})") from err
+        if not isinstance(record, dict) or not all(isinstance(record.get(f), str) for f in fields):
+            names = ", ".join(f'"{f}"' for f in fields)
+            raise ValueError(f"{path}, line {number}: each line needs string field(s) {names}")
+        records.append(record)
+    if not records:
+        raise ValueError(f"{path} holds no records")
+    return records
