@@ -135,6 +135,14 @@ def cmd_prepare_data(args: argparse.Namespace) -> None:
           f"{out}/prompts_eval.txt; licence: {out}/LICENSE-vaderSentiment.txt")
 
 
+def cmd_demo(args: argparse.Namespace) -> None:
+    from red_rlhf.demo import DemoSettings, run_demo
+
+    run_demo(DemoSettings(cache_dir=args.cache_dir, output_dir=args.output_dir, policy=args.policy,
+                          rm_backbone=args.rm_backbone, reward_scheme=args.reward_scheme, steps=args.steps,
+                          rm_pairs=args.rm_pairs, sdist=args.sdist, seed=args.seed))
+
+
 def cmd_tiny_rm(args: argparse.Namespace) -> None:
     from red_rlhf.tiny import save_tiny_reward_model
 
@@ -217,6 +225,18 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--seed", type=int, default=0)
     prep.add_argument("--margin", type=float, default=1.0, help="least rating difference of a preference pair (-4..4 scale)")
     prep.set_defaults(func=cmd_prepare_data)
+
+    demo = sub.add_parser("demo", help="data -> reward model -> RED-PPO -> evaluation -> OUTPUT_DIR/report.html")
+    demo.add_argument("--cache-dir", default="~/.cache/red-rlhf")
+    demo.add_argument("--output-dir", default="runs/demo")
+    demo.add_argument("--policy", default="tiny", help="HF causal LM name/path (trained with LoRA), or 'tiny'")
+    demo.add_argument("--rm-backbone", default="tiny", help="HF decoder name/path for the reward model, or 'tiny'")
+    demo.add_argument("--reward-scheme", choices=SCHEMES, default="red")
+    demo.add_argument("--steps", type=int, default=20)
+    demo.add_argument("--rm-pairs", type=int, help="train the reward model on the first N pairs only")
+    demo.add_argument("--sdist", help="a local vaderSentiment-3.3.2.tar.gz instead of downloading it with pip")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=cmd_demo)
 
     tiny = sub.add_parser("tiny-rm", help="build a tiny random reward model + tokenizer offline (for trying things out)")
     tiny.add_argument("out_dir")

@@ -99,7 +99,12 @@ def _row_html(n: int, row: ScoredResponse, scale: float) -> str:
 
 def heatmap_html(rows: Sequence[ScoredResponse], title: str = "red-rlhf: per-token rewards") -> str:
     """A self-contained page (no scripts, no external files): one coloured token strip per response."""
-    scale = _scale(rows)
     schemes = ", ".join(sorted({row.scheme for row in rows}))
-    body = "\n".join(_row_html(n, row, scale) for n, row in enumerate(rows))
-    return _PAGE.format(title=html.escape(title), schemes=html.escape(schemes), scale=scale, rows=body)
+    return _PAGE.format(title=html.escape(title), schemes=html.escape(schemes), scale=_scale(rows),
+                        rows=heatmap_rows_html(rows))
+
+
+def heatmap_rows_html(rows: Sequence[ScoredResponse]) -> str:
+    """The coloured token strips alone (one div per response, one colour scale), to embed in other pages."""
+    scale = _scale(rows)
+    return "\n".join(_row_html(n, row, scale) for n, row in enumerate(rows))

@@ -125,4 +125,4 @@ def train_reward_model(model, tokenizer, train: list[PreferencePair], held_out: 
             if on_step is not None:
                 on_step(loss.item())
     after = pairwise_accuracy(model, tokenizer, held_out, max_length) if held_out else math.nan
-    return {"accuracy_before": before, "accuracy_after": after, "last_loss": float(loss)}
+    return {"accuracy_before": before, "accuracy_after": after, "last_loss": loss.item()}

@@ -210,29 +210,35 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation, logging, checkpoints
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Mean reward-model score and KL on held-out prompts; a sample table to samples.jsonl."""
-        if not self.eval_prompts:
-            return {}
+    def eval_samples(self, prompts: list[str]):
+        """One sampled response per prompt, with a fixed seed that leaves the training RNG untouched.
+
+        Returns (rollout, response texts, final reward-model scores, per-response KL to the reference).
+        """
         c = self.cfg
         with torch.random.fork_rng(devices=[]):  # evaluation must not move the training RNG (resume equivalence)
             torch.manual_seed(c.train.seed + 12345)
             saved_k, c.rollout.samples_per_prompt = c.rollout.samples_per_prompt, 1
             try:
-                ro = self.rollout(self.eval_prompts)
+                ro = self.rollout(prompts)
             finally:
                 c.rollout.samples_per_prompt = saved_k
             texts, cuts = response_cuts(self.tokenizer, ro.response_ids, ro.response_mask)
             scored = score_responses(self.reward, ro.prompts, texts, cuts)
-        kl = kl_per_token(ro.logprobs, ro.ref_logprobs, "k1")
-        final = [cs.scores[-1] for cs in scored]
+        kl = torch.where(ro.response_mask, kl_per_token(ro.logprobs, ro.ref_logprobs, "k1"), 0).sum(-1)
+        return ro, texts, [cs.scores[-1] for cs in scored], kl.tolist()
+
+    def evaluate(self) -> dict[str, float]:
+        """Mean reward-model score and KL on held-out prompts; a sample table to samples.jsonl."""
+        if not self.eval_prompts:
+            return {}
+        ro, texts, final, kl = self.eval_samples(self.eval_prompts)
         if self.acc.is_main_process:
             with open(self.out / "samples.jsonl", "a", encoding="utf-8") as f:
                 for prompt, text, score in zip(ro.prompts, texts, final):
                     f.write(json.dumps({"step": self.step, "prompt": prompt, "response": text, "score": score}) + "\n")
             _print_samples(self.step, ro.prompts, texts, final)
-        return {"eval_reward_mean": sum(final) / len(final),
-                "eval_kl": torch.where(ro.response_mask, kl, 0).sum(-1).mean().item(),
+        return {"eval_reward_mean": sum(final) / len(final), "eval_kl": sum(kl) / len(kl),
                 "eval_response_length": ro.response_mask.sum(-1).float().mean().item()}
 
     def _sum(self, x: torch.Tensor) -> torch.Tensor:

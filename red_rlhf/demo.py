@@ -1,0 +1,185 @@
+"""`red-rlhf demo`: human preference data -> reward model -> RED-PPO -> evaluation -> report.html.
+
+1 prepare     preference pairs and prompts from human movie-review ratings (cached; see sentiment_data)
+2 reward      a Bradley-Terry reward model on those pairs (cached per backbone)
+3 train       PPO on token rewards (reward.scheme red by default; sparse / abc for comparison)
+4 evaluate    held-out prompts before and after: the training reward model and an independent judge (VADER)
+5 report      curves, a before/after table and per-token reward heatmaps in one self-contained page
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from red_rlhf.config import Config, validate
+from red_rlhf.plots import plot_run
+from red_rlhf.report import heatmap_rows_html
+from red_rlhf.reward_model import read_pairs, train_reward_model
+from red_rlhf.rewards import HFRewardModel
+from red_rlhf.scorer import TokenRewardScorer
+from red_rlhf.sentiment_data import prepare
+
+
+@dataclass
+class DemoSettings:
+    cache_dir: str = "~/.cache/red-rlhf"
+    output_dir: str = "runs/demo"
+    policy: str = "tiny"  # HF causal LM name/path, or "tiny" (a small GPT-2 built offline; its text is noise)
+    rm_backbone: str = "tiny"  # HF decoder name/path for the reward model, or "tiny"
+    reward_scheme: str = "red"
+    steps: int = 20
+    rm_pairs: int | None = None  # use only the first N training pairs (None: all)
+    rm_epochs: int = 1
+    eval_prompts: int = 16
+    heatmaps: int = 4
+    sdist: str | None = None  # a local vaderSentiment sdist instead of pip download
+    seed: int = 0
+
+
+def judge(texts: list[str]) -> list[float]:
+    """The independent judge: VADER's compound sentiment (-1..1), a lexicon scorer no model here was trained on."""
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    analyzer = SentimentIntensityAnalyzer()
+    return [analyzer.polarity_scores(t)["compound"] for t in texts]
+
+
+def _tiny_pair(cache: Path, seed: int):
+    """A tiny GPT-2 policy and reward-model backbone sharing one tokenizer, saved once to the cache."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from red_rlhf.tiny import tiny_reward_model, tiny_tokenizer
+
+    policy_dir = cache / "tiny-policy"
+    tok = tiny_tokenizer("gpt2")
+    if not (policy_dir / "config.json").is_file():
+        torch.manual_seed(seed)
+        config = GPT2Config(vocab_size=len(tok), n_embd=64, n_layer=2, n_head=2, n_positions=256,
+                            bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        GPT2LMHeadModel(config).save_pretrained(policy_dir)
+        tok.save_pretrained(policy_dir)
+    return str(policy_dir), tiny_reward_model("gpt2", len(tok), pad_token_id=tok.pad_token_id, seed=seed, width=64), tok
+
+
+def reward_model_dir(s: DemoSettings, data: Path, cache: Path) -> tuple[Path, dict]:
+    """Train the reward model once per (backbone, pairs, epochs); later runs load it from the cache."""
+    name = s.rm_backbone.replace("/", "--")
+    out = cache / f"rm-{name}-{s.rm_pairs or 'all'}-{s.rm_epochs}"
+    if (out / "rm_metrics.json").is_file():
+        print(f"reward model found in {out} (cached)")
+        return out, json.loads((out / "rm_metrics.json").read_text())
+    if s.rm_backbone == "tiny":
+        _, model, tok = _tiny_pair(cache, s.seed)
+    else:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(s.rm_backbone)
+        model = AutoModelForSequenceClassification.from_pretrained(s.rm_backbone, num_labels=1)
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+        model.config.pad_token_id = tok.pad_token_id
+    train = read_pairs(data / "pairs_train.jsonl")[: s.rm_pairs]
+    held_out = read_pairs(data / "pairs_eval.jsonl")
+    print(f"training the reward model on {len(train)} pairs ({s.rm_backbone})")
+    metrics = train_reward_model(model, tok, train, held_out, epochs=s.rm_epochs, lr=1e-3 if s.rm_backbone == "tiny" else 1e-5,
+                                 batch_size=16, max_length=512, seed=s.seed)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    (out / "rm_metrics.json").write_text(json.dumps(metrics, indent=2))  # written last: marks a finished model
+    return out, metrics
+
+
+def train_config(s: DemoSettings, data: Path, policy: str, rm: Path, out: Path) -> Config:
+    cfg = Config()
+    cfg.policy.name_or_path = policy
+    if s.policy != "tiny":
+        cfg.policy.lora_r = 8
+    cfg.reward.model, cfg.reward.scheme = str(rm), s.reward_scheme
+    cfg.data.prompts, cfg.data.eval_prompts = str(data / "prompts_train.txt"), str(data / "prompts_eval.txt")
+    cfg.rollout.batch_size, cfg.rollout.max_new_tokens, cfg.rollout.max_prompt_tokens = 8, 24, 32
+    cfg.algo.critic_init, cfg.algo.epochs, cfg.algo.mini_batch_size = "policy", 2, 8
+    cfg.algo.policy_lr, cfg.algo.critic_lr = (1e-3, 1e-3) if s.policy == "tiny" else (1e-4, 5e-5)
+    cfg.kl.coef = 0.05
+    cfg.train.steps, cfg.train.seed, cfg.train.output_dir = s.steps, s.seed, str(out / "train")
+    cfg.train.save_every, cfg.train.eval_every = max(1, s.steps // 2), max(1, s.steps // 4)
+    return validate(cfg)
+
+
+def run_demo(s: DemoSettings) -> Path:
+    from red_rlhf.trainer import Trainer
+
+    start = time.perf_counter()
+    cache, out = Path(s.cache_dir).expanduser(), Path(s.output_dir)
+    data = prepare(cache, sdist=s.sdist, seed=s.seed)  # 1
+    rm, rm_metrics = reward_model_dir(s, data, cache)  # 2
+    policy = _tiny_pair(cache, s.seed)[0] if s.policy == "tiny" else s.policy
+    cfg = train_config(s, data, policy, rm, out)
+    if (out / "train").exists():
+        import shutil
+
+        shutil.rmtree(out / "train")  # the demo always trains anew; checkpoints of `red-rlhf train` resume instead
+    trainer = Trainer(cfg)
+    prompts = trainer.eval_prompts[: s.eval_prompts]
+    _, before, before_rm, _ = trainer.eval_samples(prompts)  # 4 (before)
+    history = trainer.train()  # 3
+    _, after, after_rm, after_kl = trainer.eval_samples(prompts)  # 4 (after)
+    scorer = TokenRewardScorer(HFRewardModel.from_pretrained(str(rm)), policy_tokenizer=trainer.tokenizer,
+                               scheme=s.reward_scheme if s.reward_scheme != "abc" else "red")
+    shown = [(p, r) for p, r in zip(prompts, after) if r.strip()][: s.heatmaps]
+    heat_rows = scorer.score([p for p, _ in shown], [r for _, r in shown]) if shown else []
+    summary = {
+        "reward_scheme": s.reward_scheme, "steps": s.steps, "policy": s.policy, "rm_backbone": s.rm_backbone,
+        "rm_accuracy_before": rm_metrics["accuracy_before"], "rm_accuracy_after": rm_metrics["accuracy_after"],
+        "rm_score_before": _mean(before_rm), "rm_score_after": _mean(after_rm),
+        "judge_before": _mean(judge(before)), "judge_after": _mean(judge(after)),
+        "kl_after": _mean(after_kl), "wall_s": time.perf_counter() - start,
+    }
+    curves = plot_run(cfg.train.output_dir, out / "curves.png")  # 5
+    report = out / "report.html"
+    report.write_text(report_html(summary, curves, prompts, before, after, before_rm, after_rm, heat_rows), encoding="utf-8")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    print(f"report: {report}")
+    return report
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else float("nan")
+
+
+def report_html(summary, curves: Path, prompts, before, after, before_rm, after_rm, heat_rows) -> str:
+    image = base64.b64encode(curves.read_bytes()).decode()
+    judge_before, judge_after = judge(before), judge(after)
+    rows = "\n".join(
+        f"<tr><td>{html.escape(p)}</td><td>{html.escape(b)}</td><td>{rb:+.3f} / {jb:+.2f}</td>"
+        f"<td>{html.escape(a)}</td><td>{ra:+.3f} / {ja:+.2f}</td></tr>"
+        for p, b, a, rb, ra, jb, ja in zip(prompts, before, after, before_rm, after_rm, judge_before, judge_after))
+    facts = "".join(f"<tr><th>{html.escape(k)}</th><td>{v:.4g}</td></tr>" if isinstance(v, float) else
+                    f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in summary.items())
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>red-rlhf demo report</title>
+<style>body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 80em; color: #222; }}
+table {{ border-collapse: collapse; margin-bottom: 1.5em; }} td, th {{ border: 1px solid #ddd; padding: .3em .6em;
+vertical-align: top; text-align: left; }} img {{ max-width: 100%; }}
+.row {{ border: 1px solid #ddd; border-radius: 6px; padding: 1em; margin-bottom: 1em; }}
+.prompt {{ color: #555; }} .tokens {{ font-family: ui-monospace, monospace; white-space: pre-wrap; line-height: 1.9; }}
+.tok {{ border-right: 1px solid rgba(0,0,0,.08); }} .stats {{ color: #555; font-size: .9em; }}</style></head>
+<body><h1>red-rlhf demo report</h1>
+<h2 id="summary">Summary</h2><table>{facts}</table>
+<h2 id="curves">Training curves</h2><img alt="training curves" src="data:image/png;base64,{image}">
+<h2 id="samples">Held-out prompts, before and after training</h2>
+<p>Scores: training reward model / independent judge (VADER compound, -1..1).</p>
+<table><tr><th>prompt</th><th>before</th><th>score</th><th>after</th><th>score</th></tr>
+{rows}</table>
+<h2 id="heatmaps">Per-token rewards of responses after training</h2>
+{heatmap_rows_html(heat_rows)}
+</body></html>
+"""

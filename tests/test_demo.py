@@ -1,0 +1,38 @@
+"""The demo pipeline end to end in a reduced mode: tiny models, a fixture of the real data format, two steps."""
+
+from html.parser import HTMLParser
+
+from red_rlhf.demo import DemoSettings, judge, run_demo
+from tests.test_sentiment_data import fake_sdist, fixture_snippets
+
+
+class Sections(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.ids, self.images, self.tokens = set(), 0, 0
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if "id" in attrs:
+            self.ids.add(attrs["id"])
+        self.images += tag == "img" and attrs.get("src", "").startswith("data:image/png;base64,")
+        self.tokens += tag == "span" and attrs.get("class") == "tok"
+
+
+def test_judge_is_an_independent_sentiment_scorer():
+    good, bad = judge(["A wonderful, moving film.", "A dull and terrible film."])
+    assert good > 0.3 and bad < -0.3
+
+
+def test_reduced_demo_produces_every_report_section(tmp_path):
+    sdist = fake_sdist(tmp_path / "vaderSentiment-3.3.2.tar.gz", fixture_snippets(1500))
+    settings = DemoSettings(cache_dir=str(tmp_path / "cache"), output_dir=str(tmp_path / "demo"), steps=2,
+                            rm_pairs=64, eval_prompts=4, heatmaps=2, sdist=str(sdist))
+    report = run_demo(settings)
+    page = Sections()
+    page.feed(report.read_text())
+    assert {"summary", "curves", "samples", "heatmaps"} <= page.ids
+    assert page.images == 1 and page.tokens > 0
+    assert (tmp_path / "demo" / "summary.json").is_file()
+    assert (tmp_path / "cache" / "rm-tiny-64-1" / "rm_metrics.json").is_file()
+    run_demo(settings)  # a second run reuses the cached data and reward model
