@@ -229,8 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="data -> reward model -> RED-PPO -> evaluation -> OUTPUT_DIR/report.html")
     demo.add_argument("--cache-dir", default="~/.cache/red-rlhf")
     demo.add_argument("--output-dir", default="runs/demo")
-    demo.add_argument("--policy", default="tiny", help="HF causal LM name/path (trained with LoRA), or 'tiny'")
-    demo.add_argument("--rm-backbone", default="tiny", help="HF decoder name/path for the reward model, or 'tiny'")
+    demo.add_argument("--policy", default="tiny",
+                      help="HF causal LM name/path (trained with LoRA), 'smollm2' (packaged SmolLM2-135M-Instruct) or 'tiny'")
+    demo.add_argument("--rm-backbone", default="tiny", help="HF decoder name/path for the reward model, 'smollm2' or 'tiny'")
     demo.add_argument("--reward-scheme", choices=SCHEMES, default="red")
     demo.add_argument("--steps", type=int, default=20)
     demo.add_argument("--rm-pairs", type=int, help="train the reward model on the first N pairs only")

@@ -31,8 +31,8 @@ from red_rlhf.sentiment_data import prepare
 class DemoSettings:
     cache_dir: str = "~/.cache/red-rlhf"
     output_dir: str = "runs/demo"
-    policy: str = "tiny"  # HF causal LM name/path, or "tiny" (a small GPT-2 built offline; its text is noise)
-    rm_backbone: str = "tiny"  # HF decoder name/path for the reward model, or "tiny"
+    policy: str = "tiny"  # HF causal LM name/path, "smollm2" (packaged SmolLM2-135M-Instruct) or "tiny" (noise)
+    rm_backbone: str = "tiny"  # HF decoder name/path for the reward model, "smollm2" or "tiny"
     reward_scheme: str = "red"
     steps: int = 20
     rm_pairs: int | None = None  # use only the first N training pairs (None: all)
@@ -68,6 +68,15 @@ def _tiny_pair(cache: Path, seed: int):
     return str(policy_dir), tiny_reward_model("gpt2", len(tok), pad_token_id=tok.pad_token_id, seed=seed, width=64), tok
 
 
+def _resolve(name: str, cache: Path) -> str:
+    """"smollm2" -> the packaged SmolLM2-135M-Instruct folder (converted once); anything else as given."""
+    if name == "smollm2":
+        from red_rlhf.packaged import smollm2_instruct
+
+        return str(smollm2_instruct(cache))
+    return name
+
+
 def reward_model_dir(s: DemoSettings, data: Path, cache: Path) -> tuple[Path, dict]:
     """Train the reward model once per (backbone, pairs, epochs); later runs load it from the cache."""
     name = s.rm_backbone.replace("/", "--")
@@ -80,8 +89,9 @@ def reward_model_dir(s: DemoSettings, data: Path, cache: Path) -> tuple[Path, di
     else:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(s.rm_backbone)
-        model = AutoModelForSequenceClassification.from_pretrained(s.rm_backbone, num_labels=1)
+        backbone = _resolve(s.rm_backbone, cache)
+        tok = AutoTokenizer.from_pretrained(backbone)
+        model = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=1)
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
         model.config.pad_token_id = tok.pad_token_id
@@ -104,7 +114,9 @@ def train_config(s: DemoSettings, data: Path, policy: str, rm: Path, out: Path) 
     cfg.reward.model, cfg.reward.scheme = str(rm), s.reward_scheme
     cfg.data.prompts, cfg.data.eval_prompts = str(data / "prompts_train.txt"), str(data / "prompts_eval.txt")
     cfg.rollout.batch_size, cfg.rollout.max_new_tokens, cfg.rollout.max_prompt_tokens = 8, 24, 32
-    cfg.algo.critic_init, cfg.algo.epochs, cfg.algo.mini_batch_size = "policy", 2, 8
+    # the critic starts from the reward model when both read the same tokens (values start as prefix scores)
+    cfg.algo.critic_init = "reward" if s.policy == s.rm_backbone and s.policy != "tiny" else "policy"
+    cfg.algo.epochs, cfg.algo.mini_batch_size = 2, 8
     cfg.algo.policy_lr, cfg.algo.critic_lr = (1e-3, 1e-3) if s.policy == "tiny" else (1e-4, 5e-5)
     cfg.kl.coef = 0.05
     cfg.train.steps, cfg.train.seed, cfg.train.output_dir = s.steps, s.seed, str(out / "train")
@@ -119,7 +131,7 @@ def run_demo(s: DemoSettings) -> Path:
     cache, out = Path(s.cache_dir).expanduser(), Path(s.output_dir)
     data = prepare(cache, sdist=s.sdist, seed=s.seed)  # 1
     rm, rm_metrics = reward_model_dir(s, data, cache)  # 2
-    policy = _tiny_pair(cache, s.seed)[0] if s.policy == "tiny" else s.policy
+    policy = _tiny_pair(cache, s.seed)[0] if s.policy == "tiny" else _resolve(s.policy, cache)
     cfg = train_config(s, data, policy, rm, out)
     if (out / "train").exists():
         import shutil

