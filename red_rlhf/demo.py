@@ -97,9 +97,16 @@ def reward_model_dir(s: DemoSettings, data: Path, cache: Path) -> tuple[Path, di
         model.config.pad_token_id = tok.pad_token_id
     train = read_pairs(data / "pairs_train.jsonl")[: s.rm_pairs]
     held_out = read_pairs(data / "pairs_eval.jsonl")
-    print(f"training the reward model on {len(train)} pairs ({s.rm_backbone})")
-    metrics = train_reward_model(model, tok, train, held_out, epochs=s.rm_epochs, lr=1e-3 if s.rm_backbone == "tiny" else 1e-5,
-                                 batch_size=16, max_length=512, seed=s.seed)
+    from rich.progress import Progress
+
+    steps = s.rm_epochs * -(-len(train) // 16)
+    with Progress() as bar:
+        task = bar.add_task(f"reward model ({len(train)} pairs)", total=steps)
+        metrics = train_reward_model(
+            model, tok, train, held_out, epochs=s.rm_epochs, lr=1e-3 if s.rm_backbone == "tiny" else 1e-5,
+            batch_size=16, max_length=512, seed=s.seed,
+            on_step=lambda loss: bar.update(task, advance=1, description=f"reward model  loss {loss:.3f}"))
+    print(f"reward model: held-out pairwise accuracy {metrics['accuracy_before']:.3f} -> {metrics['accuracy_after']:.3f}")
     model.save_pretrained(out)
     tok.save_pretrained(out)
     (out / "rm_metrics.json").write_text(json.dumps(metrics, indent=2))  # written last: marks a finished model
