@@ -124,7 +124,7 @@ class Trainer:
         rewards, final = place_rewards(scored, ro.response_ids.shape[1], r.scheme, beta_c=r.beta_c, first_token=r.first_token,
                                        abc_beta=r.abc_beta, shift=r.score_shift, scale=r.score_scale, clip=r.score_clip)
         if r.missing_eos_penalty is not None:
-            last = ro.response_mask.sum(-1) - 1
+            last = (ro.response_mask.sum(-1) - 1).cpu()  # rewards are still on the CPU here
             rows = torch.arange(len(ro))
             rewards[rows, last] -= torch.where(ro.ended.cpu(), 0.0, r.missing_eos_penalty)
         return rewards.to(self.acc.device), final.to(self.acc.device)

@@ -178,3 +178,20 @@ def test_cli_train_eval_tensorboard_and_plot(tmp_path, capsys):
     assert main(["train", "--config", "configs/toy.yaml", "--algo.epoch=2"]) == 2
     assert "unknown config key algo.epoch" in capsys.readouterr().err
     assert main(["plot", str(tmp_path / "nothing")]) == 2
+
+
+def test_missing_eos_penalty_hits_only_cut_responses(tmp_path):
+    trainer = Trainer(toy(tmp_path, "--rollout.max_new_tokens=3", name="eos"))
+    torch.manual_seed(3)
+    ro = trainer.rollout(["the movie was"] * 8 + ["i liked the"] * 8)
+    plain, _ = trainer.score(ro)
+    trainer.cfg.reward.missing_eos_penalty = 1.0
+    penalised, _ = trainer.score(ro)
+    last = ro.response_mask.sum(-1) - 1
+    rows = torch.arange(len(ro))
+    diff = plain[rows, last] - penalised[rows, last]
+    assert (~ro.ended).any()  # 3 new tokens: some responses are cut
+    torch.testing.assert_close(diff, (~ro.ended).float())
+    other = torch.ones_like(plain, dtype=torch.bool)
+    other[rows, last] = False
+    assert torch.equal(plain[other], penalised[other])
