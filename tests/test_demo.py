@@ -36,3 +36,31 @@ def test_reduced_demo_produces_every_report_section(tmp_path):
     assert (tmp_path / "demo" / "summary.json").is_file()
     assert (tmp_path / "cache" / "rm-tiny-64-1" / "rm_metrics.json").is_file()
     run_demo(settings)  # a second run reuses the cached data and reward model
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def test_report_renders_in_headless_chromium(tmp_path):
+    import shutil
+    import subprocess
+
+    import pytest
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium); the report render check is skipped")
+    sdist = fake_sdist(tmp_path / "vaderSentiment-3.3.2.tar.gz", fixture_snippets(1500))
+    report = run_demo(DemoSettings(cache_dir=str(tmp_path / "cache"), output_dir=str(tmp_path / "demo"), steps=2,
+                                   rm_pairs=64, eval_prompts=4, heatmaps=2, sdist=str(sdist)))
+    profile = tmp_path / "profile"
+    base = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
+    dom = subprocess.run(base + ["--dump-dom", report.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+    page = Sections()
+    page.feed(dom.stdout)
+    assert {"summary", "curves", "samples", "heatmaps"} <= page.ids and page.images == 1 and page.tokens > 0
+    shot = tmp_path / "report.png"
+    subprocess.run(base + [f"--screenshot={shot}", "--window-size=1280,2000", report.resolve().as_uri()],
+                   capture_output=True, timeout=120)
+    assert shot.is_file() and shot.stat().st_size > 20_000  # a rendered page, not a blank one
