@@ -21,7 +21,7 @@ import torch
 from red_rlhf.config import Config, validate
 from red_rlhf.plots import plot_run
 from red_rlhf.report import heatmap_rows_html
-from red_rlhf.reward_model import read_pairs, train_reward_model
+from red_rlhf.reward_model import read_pairs, train_only_last_layers, train_reward_model
 from red_rlhf.rewards import HFRewardModel
 from red_rlhf.scorer import TokenRewardScorer
 from red_rlhf.sentiment_data import prepare
@@ -37,6 +37,8 @@ class DemoSettings:
     steps: int = 20
     rm_pairs: int | None = None  # use only the first N training pairs (None: all)
     rm_epochs: int = 1
+    rm_trainable_layers: int | None = 2  # HF backbones: train only the last N blocks + head (None: all); tiny: all
+    rm_eval_pairs: int = 128  # held-out pairs for the accuracy check
     eval_prompts: int = 16
     heatmaps: int = 4
     sdist: str | None = None  # a local vaderSentiment sdist instead of pip download
@@ -80,7 +82,7 @@ def _resolve(name: str, cache: Path) -> str:
 def reward_model_dir(s: DemoSettings, data: Path, cache: Path) -> tuple[Path, dict]:
     """Train the reward model once per (backbone, pairs, epochs); later runs load it from the cache."""
     name = s.rm_backbone.replace("/", "--")
-    out = cache / f"rm-{name}-{s.rm_pairs or 'all'}-{s.rm_epochs}"
+    out = cache / f"rm-{name}-{s.rm_pairs or 'all'}-{s.rm_epochs}-{s.rm_trainable_layers}"
     if (out / "rm_metrics.json").is_file():
         print(f"reward model found in {out} (cached)")
         return out, json.loads((out / "rm_metrics.json").read_text())
@@ -96,7 +98,9 @@ def reward_model_dir(s: DemoSettings, data: Path, cache: Path) -> tuple[Path, di
             tok.pad_token = tok.eos_token
         model.config.pad_token_id = tok.pad_token_id
     train = read_pairs(data / "pairs_train.jsonl")[: s.rm_pairs]
-    held_out = read_pairs(data / "pairs_eval.jsonl")
+    held_out = read_pairs(data / "pairs_eval.jsonl")[: s.rm_eval_pairs]
+    if s.rm_backbone != "tiny" and s.rm_trainable_layers is not None:
+        train_only_last_layers(model, s.rm_trainable_layers)
     from rich.progress import Progress
 
     steps = s.rm_epochs * -(-len(train) // 16)
@@ -127,7 +131,7 @@ def train_config(s: DemoSettings, data: Path, policy: str, rm: Path, out: Path) 
     cfg.algo.policy_lr, cfg.algo.critic_lr = (1e-3, 1e-3) if s.policy == "tiny" else (1e-4, 5e-5)
     cfg.kl.coef = 0.05
     cfg.train.steps, cfg.train.seed, cfg.train.output_dir = s.steps, s.seed, str(out / "train")
-    cfg.train.save_every, cfg.train.eval_every = max(1, s.steps // 2), max(1, s.steps // 4)
+    cfg.train.save_every, cfg.train.eval_every = max(1, s.steps // 2), s.steps  # held-out eval at the end only
     return validate(cfg)
 
 

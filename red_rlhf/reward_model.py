@@ -37,6 +37,27 @@ def read_pairs(path: str | Path) -> list[PreferencePair]:
     return pairs
 
 
+def train_only_last_layers(model, layers: int) -> None:
+    """Freeze a decoder classifier except its last `layers` blocks, final norm and score head.
+
+    Backpropagation then stops at the first trainable block: a fraction of the cost of full training, and
+    pretrained features stay as they are.
+    """
+    trunk = model.base_model
+    blocks = getattr(trunk, "layers", None)
+    if blocks is None:
+        blocks = getattr(trunk, "h", None)
+    if blocks is None:
+        raise ValueError(f"cannot find the transformer blocks of {type(trunk).__name__} to freeze")
+    model.requires_grad_(False)
+    for block in list(blocks)[-layers:] if layers > 0 else []:
+        block.requires_grad_(True)
+    for name in ("norm", "ln_f"):
+        if isinstance(getattr(trunk, name, None), torch.nn.Module):
+            getattr(trunk, name).requires_grad_(True)
+    model.score.requires_grad_(True)
+
+
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
     """-log sigmoid(chosen - rejected), averaged: (N,) scores -> scalar."""
     return -F.logsigmoid(chosen - rejected).mean()

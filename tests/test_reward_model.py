@@ -76,3 +76,14 @@ def test_train_rm_cli_saves_a_model_red_can_score_with(tmp_path, capsys):
     [row] = TokenRewardScorer(HFRewardModel.from_pretrained(str(out))).score(["Review: "], ["The movie was great."])
     assert sum(row.rewards) == pytest.approx(row.final_score - row.prompt_score, abs=1e-5)
     assert main(["train-rm", "--data", str(tmp_path / "none.jsonl"), "--output-dir", str(out)]) == 2
+
+
+def test_train_only_last_layers_freezes_the_rest():
+    from red_rlhf.reward_model import train_only_last_layers
+
+    tok = tiny_tokenizer("gpt2")
+    model = tiny_reward_model("llama", len(tok), pad_token_id=tok.pad_token_id, layers=3)
+    train_only_last_layers(model, 1)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("model.layers.2.", "model.norm", "score")) for n in trainable)
+    assert any(n.startswith("score") for n in trainable)
