@@ -140,7 +140,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     run_demo(DemoSettings(cache_dir=args.cache_dir, output_dir=args.output_dir, policy=args.policy,
                           rm_backbone=args.rm_backbone, reward_scheme=args.reward_scheme, steps=args.steps,
-                          rm_pairs=args.rm_pairs, sdist=args.sdist, seed=args.seed))
+                          rm_pairs=args.rm_pairs, rm_trainable_layers=args.rm_trainable_layers, sdist=args.sdist,
+                          seed=args.seed))
 
 
 def cmd_tiny_rm(args: argparse.Namespace) -> None:
@@ -235,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--reward-scheme", choices=SCHEMES, default="red")
     demo.add_argument("--steps", type=int, default=20)
     demo.add_argument("--rm-pairs", type=int, help="train the reward model on the first N pairs only")
+    demo.add_argument("--rm-trainable-layers", type=int, help="train only the reward model's last N blocks and head")
     demo.add_argument("--sdist", help="a local vaderSentiment-3.3.2.tar.gz instead of downloading it with pip")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo)

@@ -37,7 +37,7 @@ class DemoSettings:
     steps: int = 20
     rm_pairs: int | None = None  # use only the first N training pairs (None: all)
     rm_epochs: int = 1
-    rm_trainable_layers: int | None = 2  # HF backbones: train only the last N blocks + head (None: all); tiny: all
+    rm_trainable_layers: int | None = None  # HF backbones: train only the last N blocks + head (None: all)
     rm_eval_pairs: int = 128  # held-out pairs for the accuracy check
     eval_prompts: int = 16
     heatmaps: int = 4

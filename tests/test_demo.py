@@ -34,7 +34,7 @@ def test_reduced_demo_produces_every_report_section(tmp_path):
     assert {"summary", "curves", "samples", "heatmaps"} <= page.ids
     assert page.images == 1 and page.tokens > 0
     assert (tmp_path / "demo" / "summary.json").is_file()
-    assert (tmp_path / "cache" / "rm-tiny-64-1-2" / "rm_metrics.json").is_file()
+    assert (tmp_path / "cache" / "rm-tiny-64-1-None" / "rm_metrics.json").is_file()
     run_demo(settings)  # a second run reuses the cached data and reward model
 
 
