@@ -21,21 +21,28 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None
     return masked_sum(values, mask, dim) / count.clamp(min=1)
 
 
-def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    mean = masked_mean(values, mask)
-    count = mask.sum()
+def masked_stats(values: torch.Tensor, mask: torch.Tensor, reduce=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased variance of the unmasked entries.
+
+    reduce: sums a tensor over data-parallel processes (None: this process only), so the statistics can be
+    those of the global batch.
+    """
+    reduce = reduce or (lambda x: x)
+    mask = mask.bool()
+    count = reduce(mask.sum().to(values.dtype))
     if count < 2:
         raise ValueError("a variance needs at least two unmasked values (is the batch of responses this small?)")
-    var = masked_mean((values - mean) ** 2, mask)
-    return var * count / (count - 1) if unbiased else var
+    mean = reduce(torch.where(mask, values, 0).sum()) / count
+    squares = reduce(torch.where(mask, (values - mean) ** 2, 0).sum())
+    return mean, squares / (count - 1)
 
 
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, stats=None) -> torch.Tensor:
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, reduce=None) -> torch.Tensor:
     """(values - mean) / std over the unmasked entries; with shift_mean=False the mean is added back.
 
-    stats: (mean, var) computed elsewhere, e.g. over all data-parallel processes; default: from these values.
+    reduce: see `masked_stats` (whitening over all data-parallel processes).
     """
-    mean, var = stats if stats is not None else (masked_mean(values, mask), masked_var(values, mask))
+    mean, var = masked_stats(values, mask, reduce)
     whitened = (values - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         whitened = whitened + mean

@@ -82,7 +82,7 @@ def cmd_train_rm(args: argparse.Namespace) -> None:
     import torch
     from rich.progress import Progress
 
-    from red_rlhf.reward_model import read_pairs, train_reward_model
+    from red_rlhf.reward_model import load_backbone, read_pairs, train_reward_model
     from red_rlhf.scoring import detect_mode
 
     if not 0 <= args.held_out_fraction < 1:
@@ -100,13 +100,7 @@ def cmd_train_rm(args: argparse.Namespace) -> None:
         tokenizer = tiny_tokenizer("gpt2")
         model = tiny_reward_model("gpt2", len(tokenizer), pad_token_id=tokenizer.pad_token_id, seed=args.seed, width=64)
     else:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        tokenizer = _load_pretrained("tokenizer", AutoTokenizer.from_pretrained, args.model)
-        model = _load_pretrained("model", AutoModelForSequenceClassification.from_pretrained, args.model, num_labels=1)
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        model.config.pad_token_id = tokenizer.pad_token_id
+        model, tokenizer = _load_pretrained("reward-model backbone", load_backbone, args.model)
     if detect_mode(model) != "causal":
         raise UserError(f"{type(model).__name__} is not a decoder with a score head; train-rm trains causal reward "
                         "models, whose prefix scores RED reads in one pass")

@@ -21,7 +21,7 @@ import torch
 from red_rlhf.config import Config, validate
 from red_rlhf.plots import plot_run
 from red_rlhf.report import heatmap_rows_html
-from red_rlhf.reward_model import read_pairs, train_only_last_layers, train_reward_model
+from red_rlhf.reward_model import load_backbone, read_pairs, train_only_last_layers, train_reward_model
 from red_rlhf.rewards import HFRewardModel
 from red_rlhf.scorer import TokenRewardScorer
 from red_rlhf.sentiment_data import prepare
@@ -89,14 +89,7 @@ def reward_model_dir(s: DemoSettings, data: Path, cache: Path) -> tuple[Path, di
     if s.rm_backbone == "tiny":
         _, model, tok = _tiny_pair(cache, s.seed)
     else:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        backbone = _resolve(s.rm_backbone, cache)
-        tok = AutoTokenizer.from_pretrained(backbone)
-        model = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=1)
-        if tok.pad_token_id is None:
-            tok.pad_token = tok.eos_token
-        model.config.pad_token_id = tok.pad_token_id
+        model, tok = load_backbone(_resolve(s.rm_backbone, cache))
     train = read_pairs(data / "pairs_train.jsonl")[: s.rm_pairs]
     held_out = read_pairs(data / "pairs_eval.jsonl")[: s.rm_eval_pairs]
     if s.rm_backbone != "tiny" and s.rm_trainable_layers is not None:

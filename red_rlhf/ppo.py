@@ -27,21 +27,8 @@ def local_sum(x: torch.Tensor) -> torch.Tensor:
 @dataclass
 class Experience:
     rollout: Rollout
-    shaped_rewards: torch.Tensor  # (B, R) token rewards - kl_coef * KL
     advantages: torch.Tensor  # (B, R)
     returns: torch.Tensor | None  # (B, R) critic targets (PPO)
-
-
-def global_stats(values: torch.Tensor, mask: torch.Tensor, reduce: Reduce) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and unbiased variance of the masked entries over all processes."""
-    mask = mask.bool()
-    count = reduce(mask.sum().to(values.dtype))
-    total = reduce(torch.where(mask, values, 0).sum())
-    mean = total / count
-    squares = reduce(torch.where(mask, (values - mean) ** 2, 0).sum())
-    if count < 2:
-        raise ValueError("whitening needs at least two response tokens in the batch")
-    return mean, squares / (count - 1)
 
 
 def compute_advantages(cfg: Config, rollout: Rollout, shaped: torch.Tensor, reduce: Reduce = local_sum) -> Experience:
@@ -49,14 +36,14 @@ def compute_advantages(cfg: Config, rollout: Rollout, shaped: torch.Tensor, redu
     mask = rollout.response_mask
     a = cfg.algo
     if a.whiten_rewards:
-        shaped = masked_whiten(shaped, mask, shift_mean=False, stats=global_stats(shaped, mask, reduce))
+        shaped = masked_whiten(shaped, mask, shift_mean=False, reduce=reduce)
     if a.algorithm == "ppo":
         advantages, returns = gae(shaped, rollout.values, mask, a.gamma, a.lam)
     else:
         advantages, returns = rloo_advantages(shaped, mask, cfg.rollout.samples_per_prompt, a.gamma), None
     if a.whiten_advantages:
-        advantages = masked_whiten(advantages, mask, stats=global_stats(advantages, mask, reduce))
-    return Experience(rollout, shaped, advantages, returns)
+        advantages = masked_whiten(advantages, mask, reduce=reduce)
+    return Experience(rollout, advantages, returns)
 
 
 def _micro_batches(cfg: Config, size: int, generator: torch.Generator):

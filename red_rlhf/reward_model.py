@@ -37,6 +37,18 @@ def read_pairs(path: str | Path) -> list[PreferencePair]:
     return pairs
 
 
+def load_backbone(name_or_path: str):
+    """(model, tokenizer): an HF decoder with a new one-output score head; the pad token falls back to EOS."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
 def train_only_last_layers(model, layers: int) -> None:
     """Freeze a decoder classifier except its last `layers` blocks, final norm and score head.
 

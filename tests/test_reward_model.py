@@ -87,3 +87,18 @@ def test_train_only_last_layers_freezes_the_rest():
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith(("model.layers.2.", "model.norm", "score")) for n in trainable)
     assert any(n.startswith("score") for n in trainable)
+
+
+def test_load_backbone_puts_a_score_head_on_a_saved_decoder(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from red_rlhf.reward_model import load_backbone
+    from red_rlhf.scoring import detect_mode
+
+    tok = tiny_tokenizer("gpt2")
+    tok.pad_token = None  # a decoder tokenizer without a pad token, as many have
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2)).save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    model, loaded_tok = load_backbone(str(tmp_path / "lm"))
+    assert detect_mode(model) == "causal" and model.config.num_labels == 1
+    assert loaded_tok.pad_token_id == loaded_tok.eos_token_id == model.config.pad_token_id
