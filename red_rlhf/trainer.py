@@ -253,8 +253,9 @@ class Trainer:
     def _step_metrics(self, exp: Experience, rewards, final, kl, stats, seconds) -> dict[str, float]:
         mask = exp.rollout.response_mask
         per_response_kl = torch.where(mask, kl, 0).sum(-1)
+        reward_mean = self._mean(final)
         metrics = {
-            "reward_mean": self._mean(final), "reward_std": math.sqrt(max(self._mean(final ** 2) - self._mean(final) ** 2, 0)),
+            "reward_mean": reward_mean, "reward_std": math.sqrt(max(self._mean(final ** 2) - reward_mean ** 2, 0)),
             "token_reward_mean": self._mean(masked_mean(rewards, mask)),
             "kl": self._mean(per_response_kl), "kl_coef": self.kl.coef,
             "response_length": self._mean(mask.sum(-1).float()),
