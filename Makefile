@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh machine (Python 3.10+ with venv):
-#   make demo   - build the environment, then run the main job
+#   make demo   - build the environment, then run the main job (red-rlhf demo, about 10 minutes on 2 CPU cores)
 #   make test   - build the environment, then run the test suite
 # TORCH picks the torch build; the default is the CPU wheel. GPU users:
 #   make test TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cuXXX"   (see README)
@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.red-rlhf-installed
 
-.PHONY: demo test install bench clean
+.PHONY: demo toy test install bench clean
 
 install: $(STAMP)
 
@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	$(BIN)/red-rlhf demo
+
+toy: $(STAMP)
 	$(BIN)/red-rlhf tiny-rm runs/tiny-rm
 	$(BIN)/red-rlhf score --reward-model runs/tiny-rm --input examples/score.jsonl --html runs/score.html
 	rm -rf runs/toy

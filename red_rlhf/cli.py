@@ -82,7 +82,7 @@ def cmd_train_rm(args: argparse.Namespace) -> None:
     import torch
     from rich.progress import Progress
 
-    from red_rlhf.reward_model import load_backbone, read_pairs, train_reward_model
+    from red_rlhf.reward_model import keep_first_layers, load_backbone, read_pairs, train_reward_model, train_score_head
     from red_rlhf.scoring import detect_mode
 
     if not 0 <= args.held_out_fraction < 1:
@@ -104,13 +104,25 @@ def cmd_train_rm(args: argparse.Namespace) -> None:
     if detect_mode(model) != "causal":
         raise UserError(f"{type(model).__name__} is not a decoder with a score head; train-rm trains causal reward "
                         "models, whose prefix scores RED reads in one pass")
-    steps = args.epochs * -(-len(train) // args.batch_size)
+    if args.keep_layers is not None:
+        try:
+            keep_first_layers(model, args.keep_layers)
+        except ValueError as err:
+            raise UserError(f"--keep-layers: {err}") from err
     with Progress() as bar:
-        task = bar.add_task("reward model", total=steps)
-        result = train_reward_model(model, tokenizer, train, held_out, epochs=args.epochs, lr=args.lr,
-                                    batch_size=args.batch_size, max_length=args.max_length,
-                                    all_positions=args.all_positions, seed=args.seed,
-                                    on_step=lambda loss: bar.update(task, advance=1, description=f"reward model  loss {loss:.3f}"))
+        if args.head_only:
+            batches = -(-len(train) // 32) + -(-len(held_out) // 32)
+            task = bar.add_task("reward model: features, then the score head", total=batches + args.head_iterations)
+            result = train_score_head(model, tokenizer, train, held_out, all_positions=args.all_positions,
+                                      weight_decay=args.weight_decay, iterations=args.head_iterations,
+                                      max_length=args.max_length, on_step=lambda: bar.update(task, advance=1))
+        else:
+            steps = args.epochs * -(-len(train) // args.batch_size)
+            task = bar.add_task("reward model", total=steps)
+            result = train_reward_model(model, tokenizer, train, held_out, epochs=args.epochs, lr=args.lr,
+                                        batch_size=args.batch_size, max_length=args.max_length,
+                                        all_positions=args.all_positions, seed=args.seed,
+                                        on_step=lambda loss: bar.update(task, advance=1, description=f"reward model  loss {loss:.3f}"))
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
@@ -132,10 +144,24 @@ def cmd_prepare_data(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from red_rlhf.demo import DemoSettings, run_demo
 
-    run_demo(DemoSettings(cache_dir=args.cache_dir, output_dir=args.output_dir, policy=args.policy,
-                          rm_backbone=args.rm_backbone, reward_scheme=args.reward_scheme, steps=args.steps,
-                          rm_pairs=args.rm_pairs, rm_trainable_layers=args.rm_trainable_layers, sdist=args.sdist,
-                          seed=args.seed))
+    given = {k: v for k, v in vars(args).items() if k in DemoSettings.__dataclass_fields__ and v is not None}
+    for key in ("rm_pairs", "rm_keep_layers", "rm_trainable_layers"):  # "all" on the command line: None
+        if given.get(key) == "all":
+            given[key] = None
+    given["rm_all_positions"] = not args.rm_final_only
+    run_demo(DemoSettings(**given))
+
+
+def _count_or_all(text: str):
+    if text == "all":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or 'all', got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'all', got {text!r}")
+    return value
 
 
 def cmd_tiny_rm(args: argparse.Namespace) -> None:
@@ -211,6 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("--max-length", type=int, default=256, help="longest prompt + response in tokens")
     rm.add_argument("--all-positions", action="store_true",
                     help="also train every position after chosen and rejected diverge (DeepSpeed-Chat style)")
+    rm.add_argument("--head-only", action="store_true",
+                    help="train the score head alone on the frozen trunk's features (computed once; fast on a CPU)")
+    rm.add_argument("--keep-layers", type=int, help="cut the backbone to its first N blocks before training")
+    rm.add_argument("--weight-decay", type=float, default=0.03, help="--head-only: L2 penalty on the standardised head")
+    rm.add_argument("--head-iterations", type=int, default=400, help="--head-only: full-batch Adam iterations")
     rm.add_argument("--seed", type=int, default=0)
     rm.set_defaults(func=cmd_train_rm)
 
@@ -222,17 +253,31 @@ def build_parser() -> argparse.ArgumentParser:
     prep.set_defaults(func=cmd_prepare_data)
 
     demo = sub.add_parser("demo", help="data -> reward model -> RED-PPO -> evaluation -> OUTPUT_DIR/report.html")
-    demo.add_argument("--cache-dir", default="~/.cache/red-rlhf")
-    demo.add_argument("--output-dir", default="runs/demo")
-    demo.add_argument("--policy", default="tiny",
-                      help="HF causal LM name/path (trained with LoRA), 'smollm2' (packaged SmolLM2-135M-Instruct) or 'tiny'")
-    demo.add_argument("--rm-backbone", default="tiny", help="HF decoder name/path for the reward model, 'smollm2' or 'tiny'")
-    demo.add_argument("--reward-scheme", choices=SCHEMES, default="red")
-    demo.add_argument("--steps", type=int, default=20)
-    demo.add_argument("--rm-pairs", type=int, help="train the reward model on the first N pairs only")
-    demo.add_argument("--rm-trainable-layers", type=int, help="train only the reward model's last N blocks and head")
+    from red_rlhf.demo import DemoSettings
+
+    d = DemoSettings()
+    demo.add_argument("--cache-dir", help=f"downloads, prepared data, converted and trained models (default {d.cache_dir})")
+    demo.add_argument("--output-dir", help=f"report.html, summary.json, training run (default {d.output_dir})")
+    demo.add_argument("--policy", help="HF causal LM name/path (trained with LoRA), 'smollm2' (packaged "
+                      f"SmolLM2-135M-Instruct) or 'tiny' (a random toy, for trying the pipeline) (default {d.policy})")
+    demo.add_argument("--rm-backbone", help=f"HF decoder name/path for the reward model, 'smollm2' or 'tiny' "
+                      f"(default {d.rm_backbone})")
+    demo.add_argument("--reward-scheme", choices=SCHEMES, help=f"token rewards for PPO (default {d.reward_scheme})")
+    demo.add_argument("--steps", type=int, help=f"PPO steps (default {d.steps})")
+    demo.add_argument("--rm-pairs", type=_count_or_all, help=f"reward-model training pairs, or 'all' (default {d.rm_pairs})")
+    demo.add_argument("--rm-keep-layers", type=_count_or_all,
+                      help=f"cut the reward model's trunk to its first N blocks, or 'all' (default {d.rm_keep_layers})")
+    demo.add_argument("--rm-trainable-layers", type=_count_or_all,
+                      help="0: train the score head alone on a frozen trunk (fast); N: the last N blocks too; 'all': "
+                           f"every weight (default {d.rm_trainable_layers})")
+    demo.add_argument("--rm-final-only", action="store_true",
+                      help="train the reward model on final scores only (holistic), not on every position after the "
+                           "responses diverge")
+    demo.add_argument("--policy-lr", type=float, help=f"learning rate of the LoRA adapters (default {d.policy_lr})")
+    demo.add_argument("--temperature", type=float, help=f"sampling temperature (default {d.temperature})")
+    demo.add_argument("--eval-prompts", type=int, help=f"held-out prompts evaluated before and after (default {d.eval_prompts})")
     demo.add_argument("--sdist", help="a local vaderSentiment-3.3.2.tar.gz instead of downloading it with pip")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int)
     demo.set_defaults(func=cmd_demo)
 
     tiny = sub.add_parser("tiny-rm", help="build a tiny random reward model + tokenizer offline (for trying things out)")

@@ -139,8 +139,10 @@ class AlgoConfig:
     target_kl: float | None = None
     """Stop the epochs of a step early once approx KL(old || new) exceeds this; None: never."""
     critic_init: str = "reward"
-    """PPO critic: "reward" (a copy of the reward model, its score head as value head) or "policy" (a copy of the
-    policy trunk with a new zero-initialised value head). A reward function has no model: use "policy"."""
+    """PPO critic: "reward" (a copy of the reward model, its score head as value head: values start as prefix
+    scores, the expected return of the sparse scheme), "reward-trunk" (the reward model's trunk with a zero value
+    head: values start at 0, the expected return-to-go of RED's score differences) or "policy" (a copy of the
+    policy trunk with a zero value head). A reward function has no model: use "policy"."""
 
 
 @dataclass
@@ -222,7 +224,7 @@ def validate(cfg: Config) -> Config:
         _positive("kl.horizon", k.horizon)
     _choice("algo.algorithm", a.algorithm, ("ppo", "rloo"))
     _choice("algo.lr_schedule", a.lr_schedule, ("constant", "linear"))
-    _choice("algo.critic_init", a.critic_init, ("reward", "policy"))
+    _choice("algo.critic_init", a.critic_init, ("reward", "reward-trunk", "policy"))
     for name in ("epochs", "mini_batch_size", "grad_accum", "policy_lr", "critic_lr", "clip_range", "max_grad_norm"):
         _positive(f"algo.{name}", getattr(a, name))
     if not 0 <= a.gamma <= 1 or not 0 <= a.lam <= 1:
@@ -236,8 +238,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"algo.grad_accum={a.grad_accum} must divide algo.mini_batch_size={a.mini_batch_size}")
     if a.algorithm == "rloo" and ro.samples_per_prompt < 2:
         raise ConfigError("algo.algorithm 'rloo' needs rollout.samples_per_prompt >= 2")
-    if a.algorithm == "ppo" and a.critic_init == "reward" and r.model is None:
-        raise ConfigError("algo.critic_init 'reward' copies the reward model, but reward.function has none: use 'policy'")
+    if a.algorithm == "ppo" and a.critic_init in ("reward", "reward-trunk") and r.model is None:
+        raise ConfigError(f"algo.critic_init {a.critic_init!r} copies the reward model, but reward.function has none: use 'policy'")
     if a.whiten_advantages and cfg.rollouts_per_step < 2:
         raise ConfigError("algo.whiten_advantages needs at least 2 rollouts per step")
     _positive("train.steps", t.steps)

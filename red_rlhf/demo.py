@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import json
 import time
@@ -19,9 +20,11 @@ from pathlib import Path
 import torch
 
 from red_rlhf.config import Config, validate
+from red_rlhf.data import read_prompts
 from red_rlhf.plots import plot_run
 from red_rlhf.report import heatmap_rows_html
-from red_rlhf.reward_model import load_backbone, read_pairs, train_only_last_layers, train_reward_model
+from red_rlhf.reward_model import (keep_first_layers, load_backbone, read_pairs, train_only_last_layers,
+                                  train_reward_model, train_score_head)
 from red_rlhf.rewards import HFRewardModel
 from red_rlhf.scorer import TokenRewardScorer
 from red_rlhf.sentiment_data import prepare
@@ -31,15 +34,19 @@ from red_rlhf.sentiment_data import prepare
 class DemoSettings:
     cache_dir: str = "~/.cache/red-rlhf"
     output_dir: str = "runs/demo"
-    policy: str = "tiny"  # HF causal LM name/path, "smollm2" (packaged SmolLM2-135M-Instruct) or "tiny" (noise)
-    rm_backbone: str = "tiny"  # HF decoder name/path for the reward model, "smollm2" or "tiny"
+    policy: str = "smollm2"  # HF causal LM name/path, "smollm2" (packaged SmolLM2-135M-Instruct) or "tiny" (noise)
+    rm_backbone: str = "smollm2"  # HF decoder name/path for the reward model, "smollm2" or "tiny"
     reward_scheme: str = "red"
-    steps: int = 20
-    rm_pairs: int | None = None  # use only the first N training pairs (None: all)
-    rm_epochs: int = 1
-    rm_trainable_layers: int | None = None  # HF backbones: train only the last N blocks + head (None: all)
-    rm_eval_pairs: int = 128  # held-out pairs for the accuracy check
-    eval_prompts: int = 16
+    steps: int = 40
+    rm_pairs: int | None = 800  # use only the first N training pairs (None: all)
+    rm_keep_layers: int | None = 20  # cut the reward model's trunk to its first N blocks (None: keep all)
+    rm_trainable_layers: int | None = 0  # 0: score head only (frozen trunk); N: last N blocks + head; None: all
+    rm_all_positions: bool = True  # train on every position after chosen/rejected diverge, not only the last
+    rm_epochs: int = 1  # when blocks train (rm_trainable_layers != 0)
+    rm_eval_pairs: int = 256  # held-out pairs for the accuracy check
+    policy_lr: float = 1e-3  # LoRA adapters (or the whole tiny policy)
+    temperature: float = 0.7  # sampling (and log-prob) temperature of the policy
+    eval_prompts: int = 64
     heatmaps: int = 4
     sdist: str | None = None  # a local vaderSentiment sdist instead of pip download
     seed: int = 0
@@ -80,9 +87,11 @@ def _resolve(name: str, cache: Path) -> str:
 
 
 def reward_model_dir(s: DemoSettings, data: Path, cache: Path) -> tuple[Path, dict]:
-    """Train the reward model once per (backbone, pairs, epochs); later runs load it from the cache."""
+    """Train the reward model once per setting; later runs load it from the cache."""
     name = s.rm_backbone.replace("/", "--")
-    out = cache / f"rm-{name}-{s.rm_pairs or 'all'}-{s.rm_epochs}-{s.rm_trainable_layers}"
+    positions = "all" if s.rm_all_positions else "final"
+    out = cache / (f"rm-{name}-pairs{s.rm_pairs or 'all'}-keep{s.rm_keep_layers}-train{s.rm_trainable_layers}-"
+                   f"{positions}-ep{s.rm_epochs}-seed{s.seed}")
     if (out / "rm_metrics.json").is_file():
         print(f"reward model found in {out} (cached)")
         return out, json.loads((out / "rm_metrics.json").read_text())
@@ -90,20 +99,31 @@ def reward_model_dir(s: DemoSettings, data: Path, cache: Path) -> tuple[Path, di
         _, model, tok = _tiny_pair(cache, s.seed)
     else:
         model, tok = load_backbone(_resolve(s.rm_backbone, cache))
+    if s.rm_keep_layers is not None:
+        keep_first_layers(model, s.rm_keep_layers)
     train = read_pairs(data / "pairs_train.jsonl")[: s.rm_pairs]
     held_out = read_pairs(data / "pairs_eval.jsonl")[: s.rm_eval_pairs]
-    if s.rm_backbone != "tiny" and s.rm_trainable_layers is not None:
-        train_only_last_layers(model, s.rm_trainable_layers)
     from rich.progress import Progress
 
-    steps = s.rm_epochs * -(-len(train) // 16)
     with Progress() as bar:
-        task = bar.add_task(f"reward model ({len(train)} pairs)", total=steps)
-        metrics = train_reward_model(
-            model, tok, train, held_out, epochs=s.rm_epochs, lr=1e-3 if s.rm_backbone == "tiny" else 1e-5,
-            batch_size=16, max_length=512, seed=s.seed,
-            on_step=lambda loss: bar.update(task, advance=1, description=f"reward model  loss {loss:.3f}"))
-    print(f"reward model: held-out pairwise accuracy {metrics['accuracy_before']:.3f} -> {metrics['accuracy_after']:.3f}")
+        if s.rm_trainable_layers == 0:  # frozen trunk: features once, then a linear head (seconds)
+            iterations, batches = 400, -(-len(train) // 32) + -(-len(held_out) // 32)
+            task = bar.add_task(f"reward model: features of {len(train)} + {len(held_out)} pairs, then the score head",
+                                total=batches + iterations)
+            metrics = train_score_head(model, tok, train, held_out, all_positions=s.rm_all_positions,
+                                       iterations=iterations, max_length=512, on_step=lambda: bar.update(task, advance=1))
+        else:
+            if s.rm_trainable_layers is not None:
+                train_only_last_layers(model, s.rm_trainable_layers)
+            steps = s.rm_epochs * -(-len(train) // 16)
+            task = bar.add_task(f"reward model ({len(train)} pairs)", total=steps)
+            metrics = train_reward_model(
+                model, tok, train, held_out, epochs=s.rm_epochs, lr=1e-3 if s.rm_backbone == "tiny" else 1e-5,
+                batch_size=16, max_length=512, all_positions=s.rm_all_positions, seed=s.seed,
+                on_step=lambda loss: bar.update(task, advance=1, description=f"reward model  loss {loss:.3f}"))
+    print(f"reward model: held-out pairwise accuracy {metrics['accuracy_before']:.3f} -> {metrics['accuracy_after']:.3f} "
+          f"({len(held_out)} pairs)")
+    metrics.update(train_pairs=len(train), held_out_pairs=len(held_out))
     model.save_pretrained(out)
     tok.save_pretrained(out)
     (out / "rm_metrics.json").write_text(json.dumps(metrics, indent=2))  # written last: marks a finished model
@@ -114,48 +134,57 @@ def train_config(s: DemoSettings, data: Path, policy: str, rm: Path, out: Path) 
     cfg = Config()
     cfg.policy.name_or_path = policy
     if s.policy != "tiny":
-        cfg.policy.lora_r = 8
+        cfg.policy.lora_r, cfg.policy.lora_alpha = 16, 32
     cfg.reward.model, cfg.reward.scheme = str(rm), s.reward_scheme
-    cfg.data.prompts, cfg.data.eval_prompts = str(data / "prompts_train.txt"), str(data / "prompts_eval.txt")
+    # held-out prompts are evaluated by the demo itself, before and after training
+    cfg.data.prompts, cfg.data.eval_prompts, cfg.data.eval_size = str(data / "prompts_train.txt"), None, 0
     cfg.rollout.batch_size, cfg.rollout.max_new_tokens, cfg.rollout.max_prompt_tokens = 8, 24, 32
-    # the critic starts from the reward model when both read the same tokens (values start as prefix scores)
-    cfg.algo.critic_init = "reward" if s.policy == s.rm_backbone and s.policy != "tiny" else "policy"
-    cfg.algo.epochs, cfg.algo.mini_batch_size = 2, 8
-    cfg.algo.policy_lr, cfg.algo.critic_lr = (1e-3, 1e-3) if s.policy == "tiny" else (1e-4, 5e-5)
+    cfg.rollout.temperature = s.temperature
+    # the critic starts from the reward model's trunk when both read the same tokens (a zero head: see critic_init)
+    cfg.algo.critic_init = "reward-trunk" if s.policy == s.rm_backbone and s.policy != "tiny" else "policy"
+    cfg.algo.epochs, cfg.algo.mini_batch_size = 2, 4
+    cfg.algo.policy_lr, cfg.algo.critic_lr = s.policy_lr, 1e-3 if s.policy == "tiny" else 5e-5
     cfg.kl.coef = 0.05
     cfg.train.steps, cfg.train.seed, cfg.train.output_dir = s.steps, s.seed, str(out / "train")
-    cfg.train.save_every, cfg.train.eval_every = max(1, s.steps // 2), s.steps  # held-out eval at the end only
+    cfg.train.save_every = max(1, s.steps // 2)
     return validate(cfg)
 
 
 def run_demo(s: DemoSettings) -> Path:
     from red_rlhf.trainer import Trainer
 
-    start = time.perf_counter()
+    clock = Stopwatch()
     cache, out = Path(s.cache_dir).expanduser(), Path(s.output_dir)
-    data = prepare(cache, sdist=s.sdist, seed=s.seed)  # 1
-    rm, rm_metrics = reward_model_dir(s, data, cache)  # 2
-    policy = _tiny_pair(cache, s.seed)[0] if s.policy == "tiny" else _resolve(s.policy, cache)
+    with clock("prepare"):
+        data = prepare(cache, sdist=s.sdist, seed=s.seed)  # 1
+    with clock("reward_model"):
+        rm, rm_metrics = reward_model_dir(s, data, cache)  # 2
+        policy = _tiny_pair(cache, s.seed)[0] if s.policy == "tiny" else _resolve(s.policy, cache)
     cfg = train_config(s, data, policy, rm, out)
     if (out / "train").exists():
         import shutil
 
         shutil.rmtree(out / "train")  # the demo always trains anew; checkpoints of `red-rlhf train` resume instead
     trainer = Trainer(cfg)
-    prompts = trainer.eval_prompts[: s.eval_prompts]
-    _, before, before_rm, _ = trainer.eval_samples(prompts)  # 4 (before)
-    history = trainer.train()  # 3
-    _, after, after_rm, after_kl = trainer.eval_samples(prompts)  # 4 (after)
-    scorer = TokenRewardScorer(HFRewardModel.from_pretrained(str(rm)), policy_tokenizer=trainer.tokenizer,
-                               scheme=s.reward_scheme if s.reward_scheme != "abc" else "red")
-    shown = [(p, r) for p, r in zip(prompts, after) if r.strip()][: s.heatmaps]
-    heat_rows = scorer.score([p for p, _ in shown], [r for _, r in shown]) if shown else []
+    prompts = read_prompts(str(data / "prompts_eval.txt"), "demo eval prompts")[: s.eval_prompts]
+    with clock("evaluate"):
+        _, before, before_rm, _ = trainer.eval_samples(prompts)  # 4 (before)
+    with clock("train"):
+        trainer.train()  # 3
+    with clock("evaluate"):
+        _, after, after_rm, after_kl = trainer.eval_samples(prompts)  # 4 (after)
+        scorer = TokenRewardScorer(HFRewardModel.from_pretrained(str(rm)), policy_tokenizer=trainer.tokenizer,
+                                   scheme=s.reward_scheme if s.reward_scheme != "abc" else "red")
+        shown = [(p, r) for p, r in zip(prompts, after) if r.strip()][: s.heatmaps]
+        heat_rows = scorer.score([p for p, _ in shown], [r for _, r in shown]) if shown else []
     summary = {
         "reward_scheme": s.reward_scheme, "steps": s.steps, "policy": s.policy, "rm_backbone": s.rm_backbone,
+        "rm_train_pairs": rm_metrics.get("train_pairs"), "rm_held_out_pairs": rm_metrics.get("held_out_pairs"),
         "rm_accuracy_before": rm_metrics["accuracy_before"], "rm_accuracy_after": rm_metrics["accuracy_after"],
+        "eval_prompts": len(prompts),
         "rm_score_before": _mean(before_rm), "rm_score_after": _mean(after_rm),
         "judge_before": _mean(judge(before)), "judge_after": _mean(judge(after)),
-        "kl_after": _mean(after_kl), "wall_s": time.perf_counter() - start,
+        "kl_after": _mean(after_kl), **clock.seconds(), "wall_s": clock.total(),
     }
     curves = plot_run(cfg.train.output_dir, out / "curves.png")  # 5
     report = out / "report.html"
@@ -164,6 +193,27 @@ def run_demo(s: DemoSettings) -> Path:
     print(json.dumps(summary, indent=2))
     print(f"report: {report}")
     return report
+
+
+class Stopwatch:
+    """Wall seconds per named stage (a stage may be timed in several pieces)."""
+
+    def __init__(self):
+        self.start, self.stages = time.perf_counter(), {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        begin = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages[name] = self.stages.get(name, 0.0) + time.perf_counter() - begin
+
+    def seconds(self) -> dict[str, float]:
+        return {f"time_{name}_s": value for name, value in self.stages.items()}
+
+    def total(self) -> float:
+        return time.perf_counter() - self.start
 
 
 def _mean(values) -> float:

@@ -24,12 +24,20 @@ class Critic(torch.nn.Module):
         return self.head(hidden).squeeze(-1).float()
 
 
-def critic_from_reward_model(reward_model: torch.nn.Module) -> Critic:
-    """The reward model's trunk and score head, copied: values start out as the prefix scores."""
+def critic_from_reward_model(reward_model: torch.nn.Module, zero_head: bool = False) -> Critic:
+    """The reward model's trunk and score head, copied: values start out as the prefix scores.
+
+    With `zero_head` the head starts at zero instead (values start at 0). That suits RED: its return-to-go from
+    token t is score(end) - score(before t), an expected improvement near 0, not the prefix score itself.
+    """
     if not isinstance(getattr(reward_model, "score", None), torch.nn.Module):
-        raise ConfigError(f"algo.critic_init 'reward' needs a decoder reward model with a `score` head; "
-                          f"{type(reward_model).__name__} has none: use 'policy'")
-    return Critic(copy.deepcopy(reward_model.base_model), copy.deepcopy(reward_model.score))
+        raise ConfigError(f"algo.critic_init 'reward' / 'reward-trunk' needs a decoder reward model with a `score` "
+                          f"head; {type(reward_model).__name__} has none: use 'policy'")
+    head = copy.deepcopy(reward_model.score)
+    if zero_head:
+        for param in head.parameters():
+            torch.nn.init.zeros_(param)
+    return Critic(copy.deepcopy(reward_model.base_model), head)
 
 
 def critic_from_policy(policy: torch.nn.Module) -> Critic:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from red_rlhf.jsonl import read_records
-from red_rlhf.scoring import causal_scores
+from red_rlhf.scoring import causal_scores, trunk_hidden
 
 
 @dataclass
@@ -41,12 +41,47 @@ def load_backbone(name_or_path: str):
     """(model, tokenizer): an HF decoder with a new one-output score head; the pad token falls back to EOS."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from transformers.utils import logging as hf_logging
+
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1)
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the new head is "missing" from the checkpoint by design: no load report
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1)
+    finally:
+        hf_logging.set_verbosity(level)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def _blocks(model) -> torch.nn.ModuleList:
+    """The transformer blocks of a decoder classifier (Llama-style `layers` or GPT-2-style `h`)."""
+    trunk = model.base_model
+    for name in ("layers", "h"):
+        if isinstance(getattr(trunk, name, None), torch.nn.ModuleList):
+            return getattr(trunk, name)
+    raise ValueError(f"cannot find the transformer blocks of {type(trunk).__name__}")
+
+
+def keep_first_layers(model, layers: int) -> None:
+    """Cut a decoder classifier to its first `layers` blocks; the final norm and the score head stay.
+
+    Middle layers of a small language model often carry a judgement as well as its last ones do (on the demo's
+    sentiment pairs, SmolLM2-135M's block 20 of 30 was among the best for a linear score head), and a shorter trunk
+    is cheaper to score with and to copy as a critic. The cut model saves and loads as an ordinary HF model.
+    """
+    blocks = _blocks(model)
+    if not 0 < layers <= len(blocks):
+        raise ValueError(f"keep_first_layers: the model has {len(blocks)} blocks, cannot keep {layers}")
+    del blocks[layers:]
+    config = model.config
+    for key in ("num_hidden_layers", "n_layer"):
+        if hasattr(config, key):
+            setattr(config, key, layers)
+    if isinstance(getattr(config, "layer_types", None), list):
+        config.layer_types = config.layer_types[:layers]
 
 
 def train_only_last_layers(model, layers: int) -> None:
@@ -56,11 +91,7 @@ def train_only_last_layers(model, layers: int) -> None:
     pretrained features stay as they are.
     """
     trunk = model.base_model
-    blocks = getattr(trunk, "layers", None)
-    if blocks is None:
-        blocks = getattr(trunk, "h", None)
-    if blocks is None:
-        raise ValueError(f"cannot find the transformer blocks of {type(trunk).__name__} to freeze")
+    blocks = _blocks(model)
     model.requires_grad_(False)
     for block in list(blocks)[-layers:] if layers > 0 else []:
         block.requires_grad_(True)
@@ -159,3 +190,73 @@ def train_reward_model(model, tokenizer, train: list[PreferencePair], held_out: 
                 on_step(loss.item())
     after = pairwise_accuracy(model, tokenizer, held_out, max_length) if held_out else math.nan
     return {"accuracy_before": before, "accuracy_after": after, "last_loss": loss.item()}
+
+
+@torch.no_grad()
+def head_features(model, tokenizer, pairs: list[PreferencePair], max_length: int, all_positions: bool = False,
+                  batch_size: int = 32, on_batch=None) -> dict[str, torch.Tensor]:
+    """Inputs of the score head for the pairs, from one no-grad pass of the (frozen) trunk.
+
+    chosen / rejected: (N, H) at each side's last token; with `all_positions` also chosen_all / rejected_all:
+    (M, H) at the aligned positions after the two sides diverge (`divergence_mask`). Pairs are batched by length so
+    little of each pass is padding; the order of the rows is not the order of `pairs`.
+    """
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].prompt) + max(len(pairs[i].chosen), len(pairs[i].rejected)))
+    out: dict[str, list[torch.Tensor]] = {"chosen": [], "rejected": [], "chosen_all": [], "rejected_all": []}
+    for lo in range(0, len(order), batch_size):
+        batch = encode_pairs(tokenizer, [pairs[i] for i in order[lo: lo + batch_size]], max_length)
+        hidden = {side: trunk_hidden(model, batch[f"{side}_ids"], batch[f"{side}_mask"]).float()
+                  for side in ("chosen", "rejected")}
+        rows = torch.arange(len(hidden["chosen"]))
+        for side in ("chosen", "rejected"):
+            out[side].append(hidden[side][rows, batch[f"{side}_mask"].sum(-1) - 1])
+        if all_positions:
+            mask = divergence_mask(batch["chosen_ids"], batch["chosen_mask"], batch["rejected_ids"], batch["rejected_mask"])
+            out["chosen_all"].append(hidden["chosen"][mask])
+            out["rejected_all"].append(hidden["rejected"][mask])
+        if on_batch is not None:
+            on_batch()
+    return {key: torch.cat(rows) for key, rows in out.items() if rows}
+
+
+def train_score_head(model, tokenizer, train: list[PreferencePair], held_out: list[PreferencePair], *,
+                     all_positions: bool = False, weight_decay: float = 0.03, iterations: int = 400, lr: float = 1e-2,
+                     max_length: int = 256, on_step=None) -> dict[str, float]:
+    """Bradley-Terry on the score head alone: the trunk stays frozen, so its features are computed once.
+
+    A linear head on a pretrained trunk's features (a probe) is minutes cheaper than training the trunk and, with
+    few pairs, often generalises better. The head is fitted full-batch with Adam on per-feature standardised
+    inputs with an L2 penalty `weight_decay` on the standardised weights, then folded back into `model.score`
+    (a constant offset cancels in every preference and every RED difference, so none is stored). Same result
+    keys as `train_reward_model`. `on_step()` is called after each feature batch and each fitting iteration.
+    """
+    if not train:
+        raise ValueError("no training pairs")
+    head = model.score
+    if head.weight.shape[0] != 1:
+        raise ValueError(f"train_score_head fits a one-output score head, this one has {head.weight.shape[0]} outputs")
+    tick = on_step or (lambda: None)
+    model.eval()
+    feats = head_features(model, tokenizer, train, max_length, all_positions, on_batch=tick)
+    held = head_features(model, tokenizer, held_out, max_length, on_batch=tick) if held_out else None
+
+    def accuracy(weight: torch.Tensor) -> float:
+        return math.nan if held is None else ((held["chosen"] - held["rejected"]) @ weight > 0).float().mean().item()
+
+    before = accuracy(head.weight[0].detach().float())
+    scale = torch.cat([feats["chosen"], feats["rejected"]]).std(0) + 1e-4  # (H,)
+    diff = (feats["chosen"] - feats["rejected"]) / scale
+    diff_all = (feats["chosen_all"] - feats["rejected_all"]) / scale if all_positions and len(feats["chosen_all"]) else None
+    weight = torch.zeros_like(scale, requires_grad=True)
+    optimizer = torch.optim.Adam([weight], lr=lr)
+    for _ in range(iterations):
+        loss = -F.logsigmoid(diff @ weight).mean()
+        if diff_all is not None:  # as pair_loss: half final scores, half every aligned position after divergence
+            loss = 0.5 * loss - 0.5 * F.logsigmoid(diff_all @ weight).mean()
+        optimizer.zero_grad(set_to_none=True)
+        (loss + weight_decay * weight.square().sum()).backward()
+        optimizer.step()
+        tick()
+    folded = (weight.detach() / scale).to(head.weight.dtype)
+    head.weight.data[0] = folded
+    return {"accuracy_before": before, "accuracy_after": accuracy(folded.float()), "last_loss": loss.item()}

@@ -105,13 +105,15 @@ def _pad_token_id(model: torch.nn.Module, value: int | None):
         model.config.pad_token_id = old
 
 
+def trunk_hidden(model, input_ids, attention_mask) -> torch.Tensor:
+    """The input of a decoder classifier's score head at every position, (B, T, H); right or left padding."""
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T), 0 at the first real token
+    return model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)[0]
+
+
 def causal_scores(model, input_ids, attention_mask, column: int = 0) -> torch.Tensor:
     """The score head at every position of a decoder classifier, (B, T), with gradients (reward-model training)."""
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T), 0 at the first real token
-    hidden = model.base_model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
-    )[0]  # (B, T, H)
-    logits = model.score(hidden)  # (B, T, num_labels)
+    logits = model.score(trunk_hidden(model, input_ids, attention_mask))  # (B, T, num_labels)
     return logits[..., column].float()
 
 

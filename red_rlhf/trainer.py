@@ -62,11 +62,11 @@ class Trainer:
         self.reward = load_reward(cfg)
         self.critic = None
         if cfg.algo.algorithm == "ppo":  # built before LoRA: the critic trains all its weights
-            if cfg.algo.critic_init == "reward":
+            if cfg.algo.critic_init in ("reward", "reward-trunk"):
                 if self.reward.tokenizer.get_vocab() != self.tokenizer.get_vocab():
                     raise ConfigError("algo.critic_init 'reward': the critic reads the policy's tokens, but the reward "
                                       "model uses another tokenizer; use algo.critic_init 'policy'")
-                self.critic = critic_from_reward_model(self.reward.model)
+                self.critic = critic_from_reward_model(self.reward.model, zero_head=cfg.algo.critic_init == "reward-trunk")
             else:
                 self.critic = critic_from_policy(self.policy)
         context = getattr(self.policy.config, "n_positions", None) or getattr(self.policy.config, "max_position_embeddings", None)
@@ -130,7 +130,13 @@ class Trainer:
         return rewards.to(self.acc.device), final.to(self.acc.device)
 
     def train_step(self) -> dict[str, float]:
-        c, t0, phase = self.cfg, time.perf_counter(), self._phase
+        c, t0 = self.cfg, time.perf_counter()
+        marks: list[tuple[str, float]] = []
+
+        def phase(number: int, name: str) -> None:
+            marks.append((name.split()[0], time.perf_counter()))
+            self._phase(number, name)
+
         phase(1, "rollout")
         ro = self.rollout(self.order.next_batch(c.rollout.batch_size))
         phase(2, "score + redistribute")
@@ -149,6 +155,9 @@ class Trainer:
             self.critic_sched.step()
         phase(7, "log")
         metrics = self._step_metrics(exp, rewards, final, kl, stats, time.perf_counter() - t0)
+        # seconds per phase (rollout, score, KL-shape, advantages, update): where a step's time goes
+        metrics.update({f"time_{name.lower().replace('-', '_')}_s": end - begin
+                        for (name, begin), (_, end) in zip(marks, marks[1:])})
         self.kl.update(metrics["kl"], c.rollouts_per_step * self.acc.num_processes)
         return metrics
 

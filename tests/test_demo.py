@@ -24,18 +24,30 @@ def test_judge_is_an_independent_sentiment_scorer():
     assert good > 0.3 and bad < -0.3
 
 
-def test_reduced_demo_produces_every_report_section(tmp_path):
+def reduced(tmp_path, **changes) -> DemoSettings:
+    """The demo on tiny models and a fixture in the real data's format: seconds instead of minutes."""
     sdist = fake_sdist(tmp_path / "vaderSentiment-3.3.2.tar.gz", fixture_snippets(1500))
-    settings = DemoSettings(cache_dir=str(tmp_path / "cache"), output_dir=str(tmp_path / "demo"), steps=2,
-                            rm_pairs=64, eval_prompts=4, heatmaps=2, sdist=str(sdist))
+    settings = dict(cache_dir=str(tmp_path / "cache"), output_dir=str(tmp_path / "demo"), policy="tiny",
+                    rm_backbone="tiny", rm_keep_layers=None, steps=2, rm_pairs=64, rm_eval_pairs=32, eval_prompts=4,
+                    heatmaps=2, sdist=str(sdist))
+    return DemoSettings(**{**settings, **changes})
+
+
+def test_reduced_demo_produces_every_report_section(tmp_path):
+    settings = reduced(tmp_path)
     report = run_demo(settings)
     page = Sections()
     page.feed(report.read_text())
     assert {"summary", "curves", "samples", "heatmaps"} <= page.ids
     assert page.images == 1 and page.tokens > 0
     assert (tmp_path / "demo" / "summary.json").is_file()
-    assert (tmp_path / "cache" / "rm-tiny-64-1-None" / "rm_metrics.json").is_file()
+    [rm] = (tmp_path / "cache").glob("rm-tiny-pairs64-*")
+    assert (rm / "rm_metrics.json").is_file()
     run_demo(settings)  # a second run reuses the cached data and reward model
+    # the other ways to train the reward model: the last block + head, and every weight
+    for trainable in (1, None):
+        run_demo(reduced(tmp_path, rm_trainable_layers=trainable, rm_all_positions=False, reward_scheme="sparse"))
+    assert len(list((tmp_path / "cache").glob("rm-tiny-pairs64-*"))) == 3
 
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -51,9 +63,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         pytest.skip("Chromium is not installed (Debian: apt-get install chromium); the report render check is skipped")
-    sdist = fake_sdist(tmp_path / "vaderSentiment-3.3.2.tar.gz", fixture_snippets(1500))
-    report = run_demo(DemoSettings(cache_dir=str(tmp_path / "cache"), output_dir=str(tmp_path / "demo"), steps=2,
-                                   rm_pairs=64, eval_prompts=4, heatmaps=2, sdist=str(sdist)))
+    report = run_demo(reduced(tmp_path))
     profile = tmp_path / "profile"
     base = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
     dom = subprocess.run(base + ["--dump-dom", report.resolve().as_uri()], capture_output=True, text=True, timeout=120)

@@ -47,6 +47,45 @@ def test_tiny_reward_model_learns_a_planted_preference(all_positions):
     assert result["accuracy_after"] > result["accuracy_before"] + 0.2, result
 
 
+@pytest.mark.parametrize("all_positions", [False, True])
+def test_score_head_alone_learns_a_planted_preference_and_folds_into_the_model(all_positions):
+    from red_rlhf.reward_model import pairwise_accuracy, train_score_head
+
+    tok = tiny_tokenizer("gpt2")
+    model = tiny_reward_model("llama", len(tok), pad_token_id=tok.pad_token_id, seed=3, width=64)
+    trunk_before = {k: v.clone() for k, v in model.base_model.state_dict().items()}
+    pairs = planted_pairs()
+    train, held_out = pairs[:160], pairs[160:]
+    ticks = []
+    result = train_score_head(model, tok, train, held_out, all_positions=all_positions, on_step=lambda: ticks.append(1))
+    assert result["accuracy_after"] >= 0.9, result
+    assert result["accuracy_after"] > result["accuracy_before"] + 0.2, result
+    # the folded head scores the model's own pass exactly as the fitted features did; the trunk is untouched
+    assert pairwise_accuracy(model, tok, held_out, max_length=64) == pytest.approx(result["accuracy_after"])
+    assert all(torch.equal(v, model.base_model.state_dict()[k]) for k, v in trunk_before.items())
+    assert len(ticks) == 400 + 5 + 2  # fitting iterations + feature batches (32 pairs each) of 160 and 56 pairs
+
+
+def test_keep_first_layers_cuts_the_trunk_and_saves_as_an_hf_model(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from red_rlhf.reward_model import keep_first_layers
+    from red_rlhf.scoring import causal_scores
+
+    tok = tiny_tokenizer("gpt2")
+    for arch in ("llama", "gpt2"):
+        model = tiny_reward_model(arch, len(tok), pad_token_id=tok.pad_token_id, layers=3)
+        keep_first_layers(model, 2)
+        model.save_pretrained(tmp_path / arch)
+        loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / arch).eval()
+        ids = torch.tensor([tok("The movie was great.").input_ids])
+        assert torch.allclose(causal_scores(loaded, ids, torch.ones_like(ids)), causal_scores(model, ids, torch.ones_like(ids)))
+        blocks = loaded.base_model.layers if arch == "llama" else loaded.base_model.h
+        assert len(blocks) == 2
+        with pytest.raises(ValueError, match="has 2 blocks, cannot keep 3"):
+            keep_first_layers(model, 3)
+
+
 def test_read_pairs_errors(tmp_path):
     f = tmp_path / "p.jsonl"
     f.write_text(json.dumps({"prompt": "a", "chosen": " b", "rejected": " c"}) + "\n")

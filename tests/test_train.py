@@ -162,6 +162,21 @@ def test_hf_reward_model_with_another_tokenizer_and_abc(tmp_path):
         Trainer(toy(tmp_path, f"--reward.model={rm}", "--reward.function=null", "--algo.critic_init=reward", name="crit"))
 
 
+def test_critic_from_reward_model_starts_at_prefix_scores_or_at_zero():
+    from red_rlhf.models import critic_from_reward_model
+    from red_rlhf.scoring import causal_scores
+    from red_rlhf.tiny import tiny_reward_model, tiny_tokenizer
+
+    tok = tiny_tokenizer("gpt2")
+    rm = tiny_reward_model("llama", len(tok), pad_token_id=tok.pad_token_id)
+    ids = torch.tensor([tok("The movie was great.").input_ids])
+    mask, pos = torch.ones_like(ids), torch.arange(ids.shape[1]).unsqueeze(0)
+    with torch.no_grad():
+        assert torch.allclose(critic_from_reward_model(rm)(ids, mask, pos), causal_scores(rm, ids, mask))
+        assert torch.count_nonzero(critic_from_reward_model(rm, zero_head=True)(ids, mask, pos)) == 0
+    assert rm.score.weight.abs().sum() > 0  # the reward model's own head is untouched
+
+
 def test_cli_train_eval_tensorboard_and_plot(tmp_path, capsys):
     from red_rlhf.cli import main
 
@@ -171,6 +186,8 @@ def test_cli_train_eval_tensorboard_and_plot(tmp_path, capsys):
     assert code == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [("eval_reward_mean" in r) for r in rows] == [False, True, True]
+    phases = [rows[0][f"time_{name}_s"] for name in ("rollout", "score", "kl_shape", "advantages", "update")]
+    assert all(t >= 0 for t in phases) and sum(phases) <= rows[0]["time_s"]
     assert (out / "samples.jsonl").is_file() and list(out.rglob("events.out.tfevents*"))
     assert "held-out samples" in capsys.readouterr().out
     assert main(["plot", str(out)]) == 0
