@@ -35,9 +35,35 @@ class PolicyConfig:
 
 
 @dataclass
+class SourceConfig:
+    """One of several reward sources (reward.sources): scored, redistributed by its own scheme, weighted, summed."""
+
+    name: str = ""
+    """Names the source in metrics (score_NAME, over_limit_NAME, lambda_NAME) and in error messages."""
+    model: str | None = None
+    """HF reward or cost model name or path. Exactly one of model / function."""
+    function: str | None = None
+    """A python scorer "package.module:function", text -> float (or (prompt, response) -> float with takes_prompt)."""
+    takes_prompt: bool = False
+    """The function is called as f(prompt, response_prefix)."""
+    scheme: str = "red"
+    """Placement of this source's rewards: "red", "sparse" or "abc"."""
+    kind: str = "reward"
+    """"reward" adds weight * its token rewards; "cost" subtracts them (weight, or the Lagrange multiplier)."""
+    weight: float = 1.0
+    """Fixed coefficient (>= 0). A cost with a limit under lagrangian.enabled uses its multiplier instead."""
+    limit: float | None = None
+    """Costs: the constraint mean final cost <= limit (Lagrangian), and the share of responses over it (metric)."""
+    mode: str = "auto"
+    """Scoring mode of an HF model: "auto", "causal" or "prefix"."""
+    format: str = "auto"
+    """Input format of an HF model: "auto", "chat", "concat" or "pair"."""
+
+
+@dataclass
 class RewardConfig:
     model: str | None = None
-    """HF reward model (a *ForSequenceClassification) name or path. Exactly one of model / function."""
+    """HF reward model (a *ForSequenceClassification) name or path. Exactly one of model / function / sources."""
     function: str | None = None
     """A python reward "package.module:function", text -> float (or (prompt, response) -> float, see takes_prompt)."""
     takes_prompt: bool = False
@@ -62,6 +88,9 @@ class RewardConfig:
     """Scoring mode of an HF reward model: "auto", "causal" or "prefix"."""
     format: str = "auto"
     """How prompt + response become the reward model's input: "auto", "chat", "concat" or "pair"."""
+    sources: list[SourceConfig] = field(default_factory=list)
+    """Several reward sources (YAML list of SourceConfig mappings) instead of model / function / scheme; their
+    token rewards add up per token. beta_c, first_token, abc_beta and the score_* normalisation apply to each."""
 
 
 @dataclass
@@ -146,6 +175,18 @@ class AlgoConfig:
 
 
 @dataclass
+class LagrangianConfig:
+    """Safe-RLHF's Lagrangian method: a learned multiplier per cost source with a limit, in place of its weight."""
+
+    enabled: bool = False
+    """Each cost source with a limit gets a multiplier lambda >= 0 that scales its token rewards."""
+    lr: float = 0.05
+    """lambda <- max(0, lambda + lr * (mean final cost of the step's rollouts - limit)), after every step."""
+    init: float = 1.0
+    """Initial lambda (>= 0)."""
+
+
+@dataclass
 class TrainConfig:
     steps: int = 50
     """Training steps (one rollout batch each)."""
@@ -171,6 +212,7 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     kl: KLConfig = field(default_factory=KLConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
+    lagrangian: LagrangianConfig = field(default_factory=LagrangianConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     @property
@@ -195,14 +237,12 @@ def _positive(name: str, value, allow_zero: bool = False) -> None:
 def validate(cfg: Config) -> Config:
     """Check the whole config; raise ConfigError naming the first field that cannot work."""
     r, ro, a, k, t = cfg.reward, cfg.rollout, cfg.algo, cfg.kl, cfg.train
-    if (r.model is None) == (r.function is None):
+    if r.sources and (r.model is not None or r.function is not None):
+        raise ConfigError("reward.sources replaces reward.model / reward.function: set either the list or one of those")
+    if not r.sources and (r.model is None) == (r.function is None):
         raise ConfigError("set exactly one of reward.model (an HF reward model) and reward.function (module:function)")
-    if r.function is not None and ":" not in r.function:
-        raise ConfigError(f"reward.function must look like 'package.module:function', got {r.function!r}")
-    _choice("reward.scheme", r.scheme, SCHEMES)
+    _validate_sources(cfg)
     _choice("reward.first_token", r.first_token, FIRST_TOKEN_RULES)
-    _choice("reward.mode", r.mode, ("auto", "causal", "prefix"))
-    _choice("reward.format", r.format, ("auto", "chat", "concat", "pair"))
     if not 0 <= r.beta_c <= 1:
         raise ConfigError(f"reward.beta_c must be in [0, 1], got {r.beta_c}")
     if not 0 <= r.abc_beta <= 1:
@@ -210,8 +250,6 @@ def validate(cfg: Config) -> Config:
     _positive("reward.score_scale", r.score_scale)
     if r.score_clip is not None:
         _positive("reward.score_clip", r.score_clip)
-    if r.scheme == "abc" and r.function is not None:
-        raise ConfigError("reward.scheme 'abc' needs a reward model's attention; a reward.function has none")
     for name in ("batch_size", "samples_per_prompt", "max_new_tokens", "max_prompt_tokens"):
         _positive(f"rollout.{name}", getattr(ro, name))
     _positive("rollout.temperature", ro.temperature)
@@ -238,8 +276,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"algo.grad_accum={a.grad_accum} must divide algo.mini_batch_size={a.mini_batch_size}")
     if a.algorithm == "rloo" and ro.samples_per_prompt < 2:
         raise ConfigError("algo.algorithm 'rloo' needs rollout.samples_per_prompt >= 2")
-    if a.algorithm == "ppo" and a.critic_init in ("reward", "reward-trunk") and r.model is None:
-        raise ConfigError(f"algo.critic_init {a.critic_init!r} copies the reward model, but reward.function has none: use 'policy'")
+    if a.algorithm == "ppo" and a.critic_init in ("reward", "reward-trunk") and primary_source(cfg).model is None:
+        raise ConfigError(f"algo.critic_init {a.critic_init!r} copies the reward model, but the reward is a function "
+                          "(or, with reward.sources, the first reward source is): use 'policy'")
     if a.whiten_advantages and cfg.rollouts_per_step < 2:
         raise ConfigError("algo.whiten_advantages needs at least 2 rollouts per step")
     _positive("train.steps", t.steps)
@@ -248,6 +287,54 @@ def validate(cfg: Config) -> Config:
     _positive("train.keep_checkpoints", t.keep_checkpoints)
     _positive("data.eval_size", cfg.data.eval_size, allow_zero=True)
     return cfg
+
+
+def reward_sources(cfg: Config) -> list[SourceConfig]:
+    """The run's reward sources: reward.sources, or the single source of reward.model / function / scheme."""
+    r = cfg.reward
+    if r.sources:
+        return r.sources
+    return [SourceConfig(name="reward", model=r.model, function=r.function, takes_prompt=r.takes_prompt,
+                         scheme=r.scheme, mode=r.mode, format=r.format)]
+
+
+def primary_source(cfg: Config) -> SourceConfig:
+    """The first source of kind "reward": the one a critic can be copied from and evaluation reports."""
+    return next(s for s in reward_sources(cfg) if s.kind == "reward")
+
+
+def _validate_sources(cfg: Config) -> None:
+    single = not cfg.reward.sources
+    names = []
+    for i, s in enumerate(reward_sources(cfg)):
+        where = "reward" if single else f"reward.sources[{i}]"
+        if not single and not s.name:
+            raise ConfigError(f"{where}.name is empty: every source needs a name (it labels metrics and errors)")
+        names.append(s.name)
+        if (s.model is None) == (s.function is None):
+            raise ConfigError(f"{where} ({s.name}): set exactly one of model and function")
+        if s.function is not None and ":" not in s.function:
+            raise ConfigError(f"{where}.function must look like 'package.module:function', got {s.function!r}")
+        _choice(f"{where}.scheme", s.scheme, SCHEMES)
+        _choice(f"{where}.mode", s.mode, ("auto", "causal", "prefix"))
+        _choice(f"{where}.format", s.format, ("auto", "chat", "concat", "pair"))
+        _choice(f"{where}.kind", s.kind, ("reward", "cost"))
+        _positive(f"{where}.weight", s.weight, allow_zero=True)
+        if s.scheme == "abc" and s.function is not None:
+            raise ConfigError(f"{where}.scheme 'abc' needs a reward model's attention; a function ({s.name}) has none")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"reward.sources: names must be unique, got {names}")
+    sources, lag = reward_sources(cfg), cfg.lagrangian
+    if not any(s.kind == "reward" for s in sources):
+        raise ConfigError("reward.sources: at least one source must be of kind 'reward'")
+    constrained = [s for s in sources if s.kind == "cost" and s.limit is not None]
+    if lag.enabled:
+        if not constrained:
+            raise ConfigError("lagrangian.enabled needs a reward source of kind 'cost' with a limit")
+        _positive("lagrangian.lr", lag.lr)
+        _positive("lagrangian.init", lag.init, allow_zero=True)
+    if all(s.weight == 0 for s in sources) and not (lag.enabled and constrained):
+        raise ConfigError("every reward source has weight 0: the policy would be trained on no reward")
 
 
 # ---------------------------------------------------------------- loading: YAML, overrides, type checks
@@ -266,7 +353,7 @@ def _coerce(name: str, value, annotation):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list):
             raise ConfigError(f"{name} must be a list, got {value!r}")
-        return [_coerce(name, v, args[0]) for v in value]
+        return [_coerce(f"{name}[{i}]", v, args[0]) for i, v in enumerate(value)]
     if annotation is bool:
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
@@ -288,7 +375,23 @@ def _coerce(name: str, value, annotation):
         if not isinstance(value, str):
             raise ConfigError(f"{name} must be a string, got {value!r}")
         return value
+    if dataclasses.is_dataclass(annotation):
+        return _build(name, annotation, value)
     return value
+
+
+def _build(name: str, cls, value):
+    """A nested config dataclass (e.g. one of reward.sources) from a mapping, every key checked."""
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} must be a mapping of keys, got {value!r}")
+    hints, obj = typing.get_type_hints(cls), cls()
+    for key, item in value.items():
+        if key not in hints:
+            raise ConfigError(f"unknown config key {name}.{key}; it has {sorted(hints)}")
+        setattr(obj, key, _coerce(f"{name}.{key}", item, hints[key]))
+    return obj
 
 
 def _apply(cfg: Config, section: str, key: str, value) -> None:

@@ -16,7 +16,7 @@ def read_prompts(path: str, field: str = "data.prompts") -> list[str]:
         from red_rlhf.toy import PROMPTS
 
         return list(PROMPTS)
-    file = Path(path)
+    file = Path(path).expanduser()
     if not file.is_file():
         raise ConfigError(f"{field}: prompt file {path} does not exist")
     if file.suffix == ".jsonl":

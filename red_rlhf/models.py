@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
+import os
 
 import torch
 
-from red_rlhf.config import Config, ConfigError
+from red_rlhf.config import Config, ConfigError, SourceConfig
 from red_rlhf.rewards import FunctionReward, HFRewardModel
 
 
@@ -50,7 +51,7 @@ def critic_from_policy(policy: torch.nn.Module) -> Critic:
 
 def load_policy(cfg: Config):
     """(policy, tokenizer). "toy" builds the toy task's tiny model; anything else goes to from_pretrained."""
-    name = cfg.policy.name_or_path
+    name = os.path.expanduser(cfg.policy.name_or_path)
     if name == "toy":
         from red_rlhf.toy import toy_policy, toy_tokenizer
 
@@ -103,24 +104,24 @@ def as_reference(policy, ref):
             yield policy
 
 
-def import_function(path: str):
+def import_function(path: str, where: str = "reward.function"):
     module_name, _, attr = path.partition(":")
     try:
         fn = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
-        raise ConfigError(f"reward.function: cannot import {path!r}: {err}") from err
+        raise ConfigError(f"{where}: cannot import {path!r}: {err}") from err
     if not callable(fn):
-        raise ConfigError(f"reward.function: {path!r} is not callable")
+        raise ConfigError(f"{where}: {path!r} is not callable")
     return fn
 
 
-def load_reward(cfg: Config):
-    """The reward source of the run: an HFRewardModel or a FunctionReward."""
-    r = cfg.reward
-    if r.function is not None:
-        return FunctionReward(import_function(r.function), takes_prompt=r.takes_prompt, name=r.function)
+def load_source(source: SourceConfig, where: str = "reward"):
+    """One reward source: an HFRewardModel or a FunctionReward; load errors name the source."""
+    if source.function is not None:
+        return FunctionReward(import_function(source.function, f"{where}.function"), takes_prompt=source.takes_prompt,
+                              name=source.function)
     try:
-        return HFRewardModel.from_pretrained(r.model, mode=r.mode, format=r.format,
-                                             attn_implementation="eager" if r.scheme == "abc" else None)
-    except OSError as err:
-        raise ConfigError(f"reward.model: cannot load {r.model!r}: {str(err).splitlines()[0]}") from err
+        return HFRewardModel.from_pretrained(os.path.expanduser(source.model), mode=source.mode, format=source.format,
+                                             attn_implementation="eager" if source.scheme == "abc" else None)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{where}.model: cannot load {source.model!r}: {str(err).splitlines()[0]}") from err

@@ -1,8 +1,9 @@
 """The training loop: one step is a table of contents of numbered phases.
 
     1 rollout       sample responses, log-probs of policy and reference (and critic values)
-    2 score         the reward source's prefix score after every response token
-    3 redistribute  token rewards by reward.scheme (red | sparse | abc)
+    2 score         every reward source's prefix score after every response token
+    3 redistribute  token rewards by each source's scheme (red | sparse | abc), combined per token with weights
+                    (costs subtracted; Lagrange multipliers in place of the weights of constrained costs)
     4 KL-shape      r_t - kl_coef * KL_t
     5 advantages    GAE (ppo) or leave-one-out returns-to-go (rloo), whitened
     6 update        PPO epochs x mini-batches x micro-batches
@@ -23,13 +24,14 @@ import torch
 
 from red_rlhf import checkpoint
 from red_rlhf.advantages import kl_per_token, masked_mean, shape_rewards
-from red_rlhf.config import Config, ConfigError, to_dict
+from red_rlhf.config import Config, ConfigError, reward_sources, to_dict
 from red_rlhf.data import PromptOrder, train_eval_prompts
 from red_rlhf.models import (apply_lora, as_reference, critic_from_policy, critic_from_reward_model, load_policy,
-                             load_reward, reference_model)
+                             load_source, reference_model)
 from red_rlhf.ppo import Experience, compute_advantages, update
 from red_rlhf.rewards import place_rewards
 from red_rlhf.rollout import Rollout, encode_prompts, response_cuts, response_logits, sample, score_responses, token_logprobs
+from red_rlhf.sources import Source, SourceError, coefficients, combine, multipliers
 
 
 class AdaptiveKL:
@@ -59,7 +61,10 @@ class Trainer:
         set_seed(cfg.train.seed + self.acc.process_index)
         self.out = out
         self.policy, self.tokenizer = load_policy(cfg)
-        self.reward = load_reward(cfg)
+        self.sources = [Source(sc, load_source(sc, f"reward.sources[{i}]" if cfg.reward.sources else "reward"))
+                        for i, sc in enumerate(reward_sources(cfg))]
+        self.reward = next(s.reward for s in self.sources if s.config.kind == "reward")  # critic copy, evaluation
+        self.lambdas = multipliers(self.sources, cfg.lagrangian)
         self.critic = None
         if cfg.algo.algorithm == "ppo":  # built before LoRA: the critic trains all its weights
             if cfg.algo.critic_init in ("reward", "reward-trunk"):
@@ -117,17 +122,33 @@ class Trainer:
         return ro
 
     def score(self, ro: Rollout):
-        """Phases 2 and 3: prefix scores on the policy's tokens, placed as token rewards. Returns (rewards, final)."""
+        """Phases 2 and 3: each source's prefix scores on the policy's tokens, placed by its scheme, combined.
+
+        Returns (token rewards (B, R), combined final scores (B,), {source name: its final scores (B,)}).
+        """
         r = self.cfg.reward
         texts, cuts = response_cuts(self.tokenizer, ro.response_ids, ro.response_mask)
-        scored = score_responses(self.reward, ro.prompts, texts, cuts, need_attention=r.scheme == "abc")
-        rewards, final = place_rewards(scored, ro.response_ids.shape[1], r.scheme, beta_c=r.beta_c, first_token=r.first_token,
-                                       abc_beta=r.abc_beta, shift=r.score_shift, scale=r.score_scale, clip=r.score_clip)
+        per_source, finals = [], {}
+        for source in self.sources:
+            scheme = source.config.scheme
+            try:
+                scored = score_responses(source.reward, ro.prompts, texts, cuts, need_attention=scheme == "abc")
+                rewards, final = place_rewards(scored, ro.response_ids.shape[1], scheme, beta_c=r.beta_c,
+                                               first_token=r.first_token, abc_beta=r.abc_beta, shift=r.score_shift,
+                                               scale=r.score_scale, clip=r.score_clip)
+            except Exception as err:  # a model's tokenizer, a user's function: say which source failed
+                raise SourceError(f"reward source {source.name!r} failed: {err}") from err
+            per_source.append(rewards)
+            finals[source.name] = final
+        signed = coefficients(self.sources, self.lambdas)
+        rewards = combine(per_source, signed)
+        final = combine(list(finals.values()), signed)
         if r.missing_eos_penalty is not None:
             last = (ro.response_mask.sum(-1) - 1).cpu()  # rewards are still on the CPU here
             rows = torch.arange(len(ro))
             rewards[rows, last] -= torch.where(ro.ended.cpu(), 0.0, r.missing_eos_penalty)
-        return rewards.to(self.acc.device), final.to(self.acc.device)
+        device = self.acc.device
+        return rewards.to(device), final.to(device), {name: f.to(device) for name, f in finals.items()}
 
     def train_step(self) -> dict[str, float]:
         c, t0 = self.cfg, time.perf_counter()
@@ -140,7 +161,7 @@ class Trainer:
         phase(1, "rollout")
         ro = self.rollout(self.order.next_batch(c.rollout.batch_size))
         phase(2, "score + redistribute")
-        rewards, final = self.score(ro)
+        rewards, final, finals = self.score(ro)
         phase(4, "KL-shape")
         kl = kl_per_token(ro.logprobs, ro.ref_logprobs, c.kl.estimator)
         shaped = shape_rewards(rewards, kl, ro.response_mask, self.kl.coef)
@@ -158,8 +179,25 @@ class Trainer:
         # seconds per phase (rollout, score, KL-shape, advantages, update): where a step's time goes
         metrics.update({f"time_{name.lower().replace('-', '_')}_s": end - begin
                         for (name, begin), (_, end) in zip(marks, marks[1:])})
+        metrics.update(self._source_metrics(finals))
         self.kl.update(metrics["kl"], c.rollouts_per_step * self.acc.num_processes)
         return metrics
+
+    def _source_metrics(self, finals: dict[str, torch.Tensor]) -> dict[str, float]:
+        """With reward.sources: each source's mean final score, costs' share over their limit, the multipliers
+        this step used; then each multiplier moves by the step's mean cost."""
+        if not self.cfg.reward.sources:
+            return {}
+        out = {}
+        for source in self.sources:
+            name, limit = source.name, source.config.limit
+            out[f"score_{name}"] = self._mean(finals[name])
+            if source.config.kind == "cost" and limit is not None:
+                out[f"over_limit_{name}"] = self._mean((finals[name] > limit).float())
+            if name in self.lambdas:
+                out[f"lambda_{name}"] = self.lambdas[name].value
+                self.lambdas[name].update(out[f"score_{name}"])
+        return out
 
     def _phase(self, number: int, name: str) -> None:
         """Progress of the phases within a step (a second progress bar while training runs)."""
@@ -287,6 +325,7 @@ class Trainer:
     def save(self) -> None:
         state = {
             "step": self.step, "kl_coef": self.kl.coef, "prompt_order": self.order.state_dict(),
+            "lagrange": {name: m.value for name, m in self.lambdas.items()},
             "policy": checkpoint.trainable_state(self.acc.unwrap_model(self.policy)),
             "policy_opt": self.policy_opt.state_dict(), "policy_sched": self.policy_sched.state_dict(),
         }
@@ -298,6 +337,11 @@ class Trainer:
     def load(self, path: Path) -> None:
         state = checkpoint.load(path, self.acc)
         self.step, self.kl.coef = state["step"], state["kl_coef"]
+        for name, value in state.get("lagrange", {}).items():
+            if name not in self.lambdas:
+                raise ConfigError(f"the checkpoint holds a Lagrange multiplier for source {name!r}, which this config "
+                                  "does not constrain; resume with the config the run was started with")
+            self.lambdas[name].value = value
         self.order.load_state_dict(state["prompt_order"])
         checkpoint.load_trainable_state(self.acc.unwrap_model(self.policy), state["policy"])
         self.policy_opt.load_state_dict(state["policy_opt"])

@@ -35,7 +35,7 @@ def test_the_shipped_configs_load():
         (["--reward.beta_c=2"], "reward.beta_c must be in [0, 1]"),
         (["--algo.algorithm=rloo"], "needs rollout.samples_per_prompt >= 2"),
         (["--algo.critic_init=reward"], "algo.critic_init 'reward' copies the reward model"),
-        (["--reward.scheme=abc"], "a reward.function has none"),
+        (["--reward.scheme=abc"], "needs a reward model's attention; a function (reward) has none"),
         (["--reward.model=some/rm"], "exactly one of reward.model"),
         (["--rollout.temperature=0"], "rollout.temperature must be > 0"),
         (["algo.epochs"], "must look like --section.key=value"),

@@ -201,9 +201,9 @@ def test_missing_eos_penalty_hits_only_cut_responses(tmp_path):
     trainer = Trainer(toy(tmp_path, "--rollout.max_new_tokens=3", name="eos"))
     torch.manual_seed(3)
     ro = trainer.rollout(["the movie was"] * 8 + ["i liked the"] * 8)
-    plain, _ = trainer.score(ro)
+    plain, _, _ = trainer.score(ro)
     trainer.cfg.reward.missing_eos_penalty = 1.0
-    penalised, _ = trainer.score(ro)
+    penalised, _, _ = trainer.score(ro)
     last = ro.response_mask.sum(-1) - 1
     rows = torch.arange(len(ro))
     diff = plain[rows, last] - penalised[rows, last]

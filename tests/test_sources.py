@@ -1,0 +1,140 @@
+"""Several reward sources: per-token combination, the Lagrange multiplier, a planted cost, resume, errors."""
+
+import pytest
+import torch
+
+from red_rlhf import checkpoint
+from red_rlhf.config import ConfigError, load_config, validate
+from red_rlhf.rewards import place_rewards
+from red_rlhf.rollout import response_cuts, score_responses
+from red_rlhf.sources import LagrangeMultiplier, SourceError
+from red_rlhf.trainer import Trainer
+
+
+def cost_run(tmp_path, *overrides, name="run", cost_weight=None):
+    base = ["--train.tensorboard=false", "--train.eval_every=0", "--data.eval_size=0", "--train.save_every=0",
+            f"--train.output_dir={tmp_path / name}"]
+    cfg = load_config("configs/toy-cost.yaml", base + list(overrides))
+    if cost_weight is not None:
+        cfg.reward.sources[1].weight = cost_weight
+    return validate(cfg)
+
+
+def test_combined_token_rewards_are_the_weighted_sum_of_each_sources_own(tmp_path):
+    cfg = cost_run(tmp_path, "--lagrangian.enabled=false", cost_weight=0.3)
+    cfg.reward.sources[0].weight, cfg.reward.sources[1].scheme = 0.7, "sparse"  # each source keeps its own scheme
+    trainer = Trainer(validate(cfg))
+    torch.manual_seed(0)
+    ro = trainer.rollout(trainer.order.next_batch(cfg.rollout.batch_size))
+    rewards, final, finals = trainer.score(ro)
+    texts, cuts = response_cuts(trainer.tokenizer, ro.response_ids, ro.response_mask)
+    own = {}
+    for source in trainer.sources:
+        scored = score_responses(source.reward, ro.prompts, texts, cuts)
+        own[source.name] = place_rewards(scored, ro.response_ids.shape[1], source.config.scheme)
+    expected = 0.7 * own["praise"][0] - 0.3 * own["great"][0]
+    assert torch.allclose(rewards, expected, atol=1e-6)
+    assert torch.allclose(final, 0.7 * own["praise"][1] - 0.3 * own["great"][1], atol=1e-6)
+    assert torch.equal(finals["great"], own["great"][1])
+    # the sparse cost sits on the last token only; the RED reward is spread over the tokens
+    last = ro.response_mask.sum(-1) - 1
+    cost_only = own["great"][0].clone()
+    cost_only[torch.arange(len(last)), last] = 0
+    assert torch.count_nonzero(cost_only) == 0
+
+
+def test_multiplier_rises_over_the_limit_and_falls_not_below_zero():
+    m = LagrangeMultiplier(init=1.0, lr=0.5, limit=0.2)
+    values = [m.update(cost) for cost in (0.6, 0.6, 0.2) + (0.0,) * 20]
+    assert values[:3] == pytest.approx([1.2, 1.4, 1.4])
+    assert values[3:6] == pytest.approx([1.3, 1.2, 1.1])
+    assert values[-1] == 0.0 and min(values) == 0.0
+    with pytest.raises(ValueError, match="starts at >= 0"):
+        LagrangeMultiplier(init=-1.0, lr=0.1, limit=0.0)
+
+
+def test_lagrangian_drives_a_planted_cost_under_its_limit(tmp_path):
+    constrained = Trainer(cost_run(tmp_path, "--train.steps=16", name="lagrangian")).train()
+    free = Trainer(cost_run(tmp_path, "--train.steps=16", "--lagrangian.enabled=false", name="free", cost_weight=0.0)).train()
+    cost = lambda history: sum(m["score_great"] for m in history[-3:]) / 3  # noqa: E731
+    trace = [(round(m["score_great"], 2), round(m["lambda_great"], 2)) for m in constrained]
+    assert max(m["score_great"] for m in constrained) > 0.2, trace  # the reward pulls towards "great" first ...
+    assert cost(constrained) < 0.05 and max(m["lambda_great"] for m in constrained) > 1.0, trace  # ... then lambda wins
+    assert cost(free) > 0.5, [round(m["score_great"], 2) for m in free]  # without the constraint it stays
+    assert all(m["lambda_great"] >= 0 and 0 <= m["over_limit_great"] <= 1 for m in constrained)
+    assert "lambda_great" not in free[-1] and "score_praise" in free[-1]
+    from red_rlhf.plots import plot_run
+
+    assert plot_run(tmp_path / "lagrangian").stat().st_size > 20_000  # with the sources' row of panels
+
+
+def test_checkpoint_and_resume_keep_the_multiplier(tmp_path):
+    first = Trainer(cost_run(tmp_path, "--train.steps=3", "--train.save_every=1", "--lagrangian.init=0.5", name="res"))
+    first.train()
+    saved = first.lambdas["great"].value
+    assert saved != 0.5  # it moved
+    again = Trainer(cost_run(tmp_path, "--train.steps=3", "--train.save_every=1", name="res"))
+    assert again.lambdas["great"].value == 0.0  # the config's init before loading
+    again.load(checkpoint.latest(tmp_path / "res"))
+    assert again.lambdas["great"].value == saved and again.step == 3
+
+
+def broken(text: str) -> float:
+    raise KeyError("no such word")
+
+
+def test_source_errors_name_the_source(tmp_path):
+    cfg = cost_run(tmp_path, "--train.steps=1")
+    cfg.reward.sources[1].function, cfg.reward.sources[1].takes_prompt = "tests.test_sources:broken", False
+    with pytest.raises(SourceError, match="reward source 'great' failed: 'no such word'"):
+        Trainer(validate(cfg)).train()
+    cfg.reward.sources[1].function = "tests.test_sources:missing"
+    with pytest.raises(ConfigError, match=r"reward.sources\[1\].function: cannot import"):
+        Trainer(validate(cfg))
+    cfg.reward.sources[1].function, cfg.reward.sources[1].model = None, str(tmp_path / "no-model")
+    with pytest.raises(ConfigError, match=r"reward.sources\[1\].model: cannot load"):
+        Trainer(validate(cfg))
+
+
+def zero_weights_unconstrained(cfg):
+    for source in cfg.reward.sources:
+        source.weight = 0.0
+    cfg.lagrangian.enabled = False
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: zero_weights_unconstrained(c), "every reward source has weight 0"),
+    (lambda c: setattr(c.reward.sources[1], "name", "praise"), "names must be unique"),
+    (lambda c: setattr(c.reward.sources[0], "name", ""), r"reward.sources\[0\].name is empty"),
+    (lambda c: setattr(c.reward.sources[1], "limit", None), "lagrangian.enabled needs a reward source of kind 'cost'"),
+    (lambda c: setattr(c.reward.sources[0], "kind", "cost"), "at least one source must be of kind 'reward'"),
+    (lambda c: setattr(c.reward.sources[1], "scheme", "abc"), r"reward.sources\[1\].scheme 'abc' needs a reward model"),
+    (lambda c: setattr(c.reward, "function", "red_rlhf.toy:target_fraction"), "reward.sources replaces reward.model"),
+    (lambda c: setattr(c.reward.sources[1], "weight", -1.0), r"reward.sources\[1\].weight must be >= 0"),
+])
+def test_source_config_errors(tmp_path, change, message):
+    cfg = cost_run(tmp_path)
+    change(cfg)
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg)
+
+
+def test_sources_from_yaml_check_every_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("reward:\n  sources:\n    - name: r\n      function: red_rlhf.toy:praise_score\n      wieght: 2\n")
+    with pytest.raises(ConfigError, match=r"unknown config key reward.sources\[0\].wieght"):
+        load_config(str(bad))
+    bad.write_text("reward:\n  sources:\n    - red_rlhf.toy:praise_score\n")
+    with pytest.raises(ConfigError, match=r"reward.sources\[0\] must be a mapping"):
+        load_config(str(bad))
+
+
+def test_profanity_cost_and_the_offline_example_config():
+    from red_rlhf.config import reward_sources
+    from red_rlhf.costs import profanity
+
+    assert profanity("The movie was a delight from start to finish.") < 0.5 < profanity("This fucking movie is shit.")
+    cfg = load_config("configs/demo-safe.yaml")
+    kinds = {s.name: (s.kind, s.scheme, s.limit) for s in reward_sources(cfg)}
+    assert kinds == {"sentiment": ("reward", "red", None), "profanity": ("cost", "red", 0.2)}
+    assert cfg.lagrangian.enabled and cfg.algo.critic_init == "reward-trunk"
