@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh machine (Python 3.10+ with venv):
-#   make demo   - build the environment, then run the main job (red-rlhf demo, about 10 minutes on 2 CPU cores)
+#   make demo   - build the environment, then run the main job (red-rlhf demo, about 12 minutes the first time on 2 CPU cores)
 #   make test   - build the environment, then run the test suite
 # TORCH picks the torch build; the default is the CPU wheel. GPU users:
 #   make test TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cuXXX"   (see README)

@@ -15,6 +15,11 @@ What is measured, for a batch of 16 rows (a 32-token prompt plus a response of L
   (per-prefix passes, batched). Both are far too slow for the whole batch, so they are measured on a few
   rows (--naive-rows, default 1, chosen with the batch's median length) and scaled linearly to the batch.
 - check:  max |causal - naive| over the measured rows (causal scores are taken from the full padded batch).
+- abc:    what the trainer runs for the ABC baseline (attention credit): prefix scores plus the last layer's
+  attention, on the same weights loaded with eager attention (ABC needs attention weights); timed in the same
+  interleaved repetitions as plain and red.
+- memory: peak resident memory added by one call of plain, red and abc (each in a fresh subprocess: RSS high-water
+  mark after the call minus RSS before it), skipped with --no-memory.
 
 The last lines are one `scoring: <measure> = <value> at T=<total length>` line per measure and length.
 """
@@ -35,7 +40,7 @@ from rich.table import Table
 from transformers import GPT2Config, GPT2ForSequenceClassification
 
 from red_rlhf import scoring
-from red_rlhf.scoring import naive_prefix_scores, prefix_scores
+from red_rlhf.scoring import naive_prefix_scores, pooled_attention, prefix_scores
 
 VOCAB = 8192
 PAD_ID = 0  # random token ids are drawn from 1..VOCAB-1, so padding is the only token HF pools past
@@ -51,6 +56,7 @@ class Result:
     total_len: int
     plain: list[float]  # seconds per repetition, full batch
     red: list[float]
+    abc: list[float]
     naive_rows: int
     naive_row_len: int  # real tokens in the first measured row
     naive: float  # seconds, measured on naive_rows rows
@@ -69,6 +75,10 @@ class Result:
         return statistics.median(self.red)
 
     @property
+    def abc_med(self) -> float:
+        return statistics.median(self.abc)
+
+    @property
     def scale(self) -> float:
         return self.batch / self.naive_rows
 
@@ -83,6 +93,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--prompt", type=int, default=32, help="prompt tokens in every row")
     p.add_argument("--naive-rows", type=int, default=1, help="rows on which naive / prefix mode are measured")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--memory-probe", nargs=2, metavar=("METHOD", "RESP_LEN"), help=argparse.SUPPRESS)
     args = p.parse_args()
     default_lengths = "64,256" if args.quick else "64,128,256,512"
     args.lengths = [int(x) for x in (args.lengths or default_lengths).split(",")]
@@ -99,11 +111,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model() -> torch.nn.Module:
-    """A ~10M-parameter GPT-2 reward model from a config: random weights, no hub access."""
+def build_model(seed: int, attn: str = "sdpa") -> torch.nn.Module:
+    """A ~10M-parameter GPT-2 reward model from a config: random weights from `seed`, no hub access."""
+    torch.manual_seed(seed)
     config = GPT2Config(
         vocab_size=VOCAB, n_positions=N_POSITIONS, n_embd=256, n_layer=10, n_head=8,
-        num_labels=1, pad_token_id=PAD_ID, bos_token_id=None, eos_token_id=None,
+        num_labels=1, pad_token_id=PAD_ID, bos_token_id=None, eos_token_id=None, attn_implementation=attn,
     )
     model = GPT2ForSequenceClassification(config).to(torch.float32).eval()
     # A random head gives scores near zero; scale it (as red_rlhf.tiny does) so max|diff| is judged on O(1) scores.
@@ -149,20 +162,60 @@ def time_interleaved(candidates: dict[str, Callable[[], object]], reps: int, war
     return times
 
 
-def bench_length(model, args: argparse.Namespace, resp_len: int) -> Result:
+def methods(model, eager) -> dict[str, Callable]:
+    """The timed calls, each (ids, mask) -> scores: what a plain forward, RED and the ABC baseline run."""
+    return {
+        "plain": lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits,
+        "red": lambda ids, mask: prefix_scores(model, ids, mask, mode="causal"),
+        "abc": lambda ids, mask: (prefix_scores(eager, ids, mask, mode="causal"), pooled_attention(eager, ids, mask)),
+    }
+
+
+def batch_for(args: argparse.Namespace, resp_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     # One generator per length: `--lengths 512` then times the same batch as the full run does.
     gen = torch.Generator().manual_seed(args.seed * 100_003 + resp_len)
-    ids, mask = make_batch(gen, args.batch, args.prompt, resp_len)
-    console.print(f"[dim]T={ids.shape[1]}: timing plain vs red ({args.warmup} warm-up + {args.reps} reps)...[/]")
+    return make_batch(gen, args.batch, args.prompt, resp_len)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_probe(args: argparse.Namespace) -> None:
+    """Subprocess body: one warm-up call on a short batch, then the measured call; prints the peak added MiB."""
+    import resource
+
+    method, resp_len = args.memory_probe[0], int(args.memory_probe[1])
+    fns = methods(build_model(args.seed), build_model(args.seed, "eager"))
+    ids, mask = batch_for(args, resp_len)
     with torch.no_grad():
-        times = time_interleaved(
-            {
-                "plain": lambda: model(input_ids=ids, attention_mask=mask).logits,
-                "red": lambda: prefix_scores(model, ids, mask, mode="causal"),
-            },
-            reps=args.reps,
-            warmup=args.warmup,
-        )
+        fns[method](ids[:1, -8:], mask[:1, -8:])  # lazy initialisation outside the measurement (left padding)
+        before = _rss_bytes()
+        fns[method](ids, mask)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    print(f"{(peak - before) / 2**20:.1f}")
+
+
+def peak_memory(args: argparse.Namespace, resp_len: int) -> dict[str, float]:
+    import subprocess
+    import sys
+
+    out = {}
+    for method in ("plain", "red", "abc"):
+        cmd = [sys.executable, __file__, "--memory-probe", method, str(resp_len), "--batch", str(args.batch),
+               "--prompt", str(args.prompt), "--seed", str(args.seed)]
+        out[method] = float(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()[-1])
+    return out
+
+
+def bench_length(model, eager, args: argparse.Namespace, resp_len: int) -> Result:
+    ids, mask = batch_for(args, resp_len)
+    fns = methods(model, eager)
+    console.print(f"[dim]T={ids.shape[1]}: timing plain vs red vs abc ({args.warmup} warm-up + {args.reps} reps)...[/]")
+    with torch.no_grad():
+        times = time_interleaved({name: (lambda fn=fn: fn(ids, mask)) for name, fn in fns.items()},
+                                 reps=args.reps, warmup=args.warmup)
         red_full = prefix_scores(model, ids, mask, mode="causal")
 
         rows = median_rows(mask, args.naive_rows)
@@ -181,6 +234,7 @@ def bench_length(model, args: argparse.Namespace, resp_len: int) -> Result:
         total_len=ids.shape[1],
         plain=times["plain"],
         red=times["red"],
+        abc=times["abc"],
         naive_rows=len(rows),
         naive_row_len=int(sub_mask[0].sum()),
         naive=naive_t,
@@ -194,7 +248,8 @@ def bench_length(model, args: argparse.Namespace, resp_len: int) -> Result:
 
 def full_batch_table(results: list[Result], args: argparse.Namespace) -> Table:
     table = Table(title=f"Full batch (B={args.batch}), measured: median of {args.reps} interleaved reps")
-    for col in ("T (prompt+resp)", "plain ms", "red ms", "red/plain", "median paired ratio", "plain min..max ms"):
+    for col in ("T (prompt+resp)", "plain ms", "red ms", "abc ms", "red/plain", "median paired ratio", "abc/red",
+                "plain min..max ms"):
         table.add_column(col, justify="right")
     for r in results:
         paired = statistics.median(b / a for a, b in zip(r.plain, r.red))
@@ -202,10 +257,23 @@ def full_batch_table(results: list[Result], args: argparse.Namespace) -> Table:
             f"{r.total_len} ({args.prompt}+{r.resp_len})",
             f"{1e3 * r.plain_med:.1f}",
             f"{1e3 * r.red_med:.1f}",
+            f"{1e3 * r.abc_med:.1f}",
             f"{r.red_med / r.plain_med:.3f}",
             f"{paired:.3f}",
+            f"{r.abc_med / r.red_med:.2f}",
             f"{1e3 * min(r.plain):.0f}..{1e3 * max(r.plain):.0f}",
         )
+    return table
+
+
+def memory_table(results: list[Result], memory: dict[int, dict[str, float]]) -> Table:
+    table = Table(title="Peak memory added by one call (MiB; fresh subprocess each)")
+    for col in ("T", "plain", "red", "abc", "red/plain", "abc/red"):
+        table.add_column(col, justify="right")
+    for r in results:
+        m = memory[r.resp_len]
+        table.add_row(str(r.total_len), f"{m['plain']:.0f}", f"{m['red']:.0f}", f"{m['abc']:.0f}",
+                      f"{m['red'] / m['plain']:.2f}", f"{m['abc'] / m['red']:.2f}")
     return table
 
 
@@ -235,24 +303,30 @@ def per_prefix_table(results: list[Result]) -> Table:
     return table
 
 
-def summary_lines(results: list[Result]) -> list[str]:
+def summary_lines(results: list[Result], memory: dict[int, dict[str, float]]) -> list[str]:
     """One parseable line per measure and length: `scoring: <measure> = <value> at T=<total length>`."""
     lines = []
     for r in results:
         at = f"at T={r.total_len}"
         lines += [
             f"scoring: red/plain = {r.red_med / r.plain_med:.3f} {at}",
+            f"scoring: abc/red = {r.abc_med / r.red_med:.2f} {at}",
             f"scoring: naive/red = {r.naive * r.scale / r.red_med:.0f}x {at} (extrapolated from {r.naive_rows} row(s))",
             f"scoring: prefix-mode/red = {r.prefix * r.scale / r.red_med:.0f}x {at} (extrapolated from {r.naive_rows} row(s))",
             f"scoring: max|causal-naive| = {r.max_diff:.2e} {at} (max|score| = {r.max_score:.2f})",
         ]
+        if r.resp_len in memory:
+            m = memory[r.resp_len]
+            lines.append(f"scoring: peak MiB plain/red/abc = {m['plain']:.0f}/{m['red']:.0f}/{m['abc']:.0f} {at}")
     return lines
 
 
 def main() -> None:
     args = parse_args()
+    if args.memory_probe:
+        return memory_probe(args)
     seed_everything(args.seed)
-    model = build_model()
+    model, eager = build_model(args.seed), build_model(args.seed, "eager")
     n_params = sum(p.numel() for p in model.parameters())
     console.print(
         f"model: GPT2ForSequenceClassification, {n_params:,} parameters "
@@ -267,9 +341,12 @@ def main() -> None:
     # Other processes on a 2-core machine shift timings by tens of percent: show the load so a reader can tell.
     console.print(f"load average before: {os.getloadavg()[0]:.2f} (anything near 1 or more means another busy process)")
     start = time.perf_counter()
-    results = [bench_length(model, args, resp_len) for resp_len in args.lengths]
+    results = [bench_length(model, eager, args, resp_len) for resp_len in args.lengths]
+    memory = {} if args.no_memory else {n: peak_memory(args, n) for n in args.lengths}
     console.print(full_batch_table(results, args))
     console.print(per_prefix_table(results))
+    if memory:
+        console.print(memory_table(results, memory))
     console.print(
         "naive = naive_prefix_scores; prefix = prefix_scores(mode='prefix'); red = prefix_scores(mode='causal').\n"
         "meas. = measured on the reduced row(s), red included; extrap. = measured time x (batch / rows), compared "
@@ -277,7 +354,7 @@ def main() -> None:
     )
     console.print(f"total benchmark time: {time.perf_counter() - start:.0f} s; load average (1 min) at the end: "
                   f"{os.getloadavg()[0]:.2f} (this benchmark alone adds about 1)")
-    for line in summary_lines(results):
+    for line in summary_lines(results, memory):
         print(line)
 
 

@@ -277,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--temperature", type=float, help=f"sampling temperature (default {d.temperature})")
     demo.add_argument("--eval-prompts", type=int, help=f"held-out prompts evaluated before and after (default {d.eval_prompts})")
     demo.add_argument("--sdist", help="a local vaderSentiment-3.3.2.tar.gz instead of downloading it with pip")
-    demo.add_argument("--seed", type=int)
+    demo.add_argument("--seed", type=int, help="data split, reward model and RL run (default 0)")
+    demo.add_argument("--rl-seed", type=int, help="the RL run alone: same data and reward model (default: --seed)")
     demo.set_defaults(func=cmd_demo)
 
     tiny = sub.add_parser("tiny-rm", help="build a tiny random reward model + tokenizer offline (for trying things out)")

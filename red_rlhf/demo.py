@@ -49,7 +49,8 @@ class DemoSettings:
     eval_prompts: int = 64
     heatmaps: int = 4
     sdist: str | None = None  # a local vaderSentiment sdist instead of pip download
-    seed: int = 0
+    seed: int = 0  # data split, reward model and (unless rl_seed) the RL run
+    rl_seed: int | None = None  # the RL run alone (prompt order, sampling, LoRA init): same data and reward model
 
 
 def judge(texts: list[str]) -> list[float]:
@@ -98,7 +99,9 @@ def reward_model_dir(s: DemoSettings, data: Path, cache: Path) -> tuple[Path, di
     if s.rm_backbone == "tiny":
         _, model, tok = _tiny_pair(cache, s.seed)
     else:
-        model, tok = load_backbone(_resolve(s.rm_backbone, cache))
+        backbone = _resolve(s.rm_backbone, cache)
+        torch.manual_seed(s.seed)  # the new score head's random start (the "before" accuracy)
+        model, tok = load_backbone(backbone)
     if s.rm_keep_layers is not None:
         keep_first_layers(model, s.rm_keep_layers)
     train = read_pairs(data / "pairs_train.jsonl")[: s.rm_pairs]
@@ -145,7 +148,8 @@ def train_config(s: DemoSettings, data: Path, policy: str, rm: Path, out: Path) 
     cfg.algo.epochs, cfg.algo.mini_batch_size = 2, 4
     cfg.algo.policy_lr, cfg.algo.critic_lr = s.policy_lr, 1e-3 if s.policy == "tiny" else 5e-5
     cfg.kl.coef = 0.05
-    cfg.train.steps, cfg.train.seed, cfg.train.output_dir = s.steps, s.seed, str(out / "train")
+    cfg.train.steps, cfg.train.output_dir = s.steps, str(out / "train")
+    cfg.train.seed = s.seed if s.rl_seed is None else s.rl_seed
     cfg.train.save_every = max(1, s.steps // 2)
     return validate(cfg)
 
@@ -178,7 +182,8 @@ def run_demo(s: DemoSettings) -> Path:
         shown = [(p, r) for p, r in zip(prompts, after) if r.strip()][: s.heatmaps]
         heat_rows = scorer.score([p for p, _ in shown], [r for _, r in shown]) if shown else []
     summary = {
-        "reward_scheme": s.reward_scheme, "steps": s.steps, "policy": s.policy, "rm_backbone": s.rm_backbone,
+        "reward_scheme": s.reward_scheme, "steps": s.steps, "seed": s.seed, "rl_seed": cfg.train.seed,
+        "policy": s.policy, "rm_backbone": s.rm_backbone,
         "rm_train_pairs": rm_metrics.get("train_pairs"), "rm_held_out_pairs": rm_metrics.get("held_out_pairs"),
         "rm_accuracy_before": rm_metrics["accuracy_before"], "rm_accuracy_after": rm_metrics["accuracy_after"],
         "eval_prompts": len(prompts),
