@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.red-rlhf-installed
 
-.PHONY: demo toy test install bench clean
+.PHONY: demo toy test install bench bench-trl bench-learning clean
 
 install: $(STAMP)
 
@@ -34,6 +34,13 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_scoring.py
+
+bench-trl: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[bench]"
+	$(BIN)/python bench/bench_trl.py
+
+bench-learning: $(STAMP)
+	$(BIN)/python bench/bench_learning.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -86,8 +86,13 @@ def update(cfg: Config, exp: Experience, policy, critic, policy_opt, critic_opt,
                 logits = response_logits(policy, ids[micro], mask_all[micro], pos[micro], start, cfg.rollout.temperature)
                 logprobs = token_logprobs(logits, ro.response_ids[micro])
                 pl = policy_loss(logprobs, ro.logprobs[micro], exp.advantages[micro], m, a.clip_range, normalizer=tokens)
-                entropy = entropy_from_logits(logits)  # (b, R)
-                backward(pl.loss - a.entropy_coef * torch.where(m, entropy, 0).sum() / tokens)
+                if a.entropy_coef:
+                    entropy = entropy_from_logits(logits)  # (b, R)
+                    backward(pl.loss - a.entropy_coef * torch.where(m, entropy, 0).sum() / tokens)
+                else:  # a diagnostic only: keep it out of the autograd graph
+                    backward(pl.loss)
+                    with torch.no_grad():
+                        entropy = entropy_from_logits(logits.detach())
                 mini_loss["policy_loss"] += pl.loss.item()
                 mini_kl.append(pl.approx_kl.item())
                 record("clip_fraction", pl.clip_fraction.item())
