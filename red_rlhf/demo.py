@@ -177,8 +177,9 @@ def run_demo(s: DemoSettings) -> Path:
         trainer.train()  # 3
     with clock("evaluate"):
         _, after, after_rm, after_kl = trainer.eval_samples(prompts)  # 4 (after)
-        scorer = TokenRewardScorer(HFRewardModel.from_pretrained(str(rm)), policy_tokenizer=trainer.tokenizer,
-                                   scheme=s.reward_scheme if s.reward_scheme != "abc" else "red")
+        eager = "eager" if s.reward_scheme == "abc" else None  # ABC's heatmaps need attention weights
+        scorer = TokenRewardScorer(HFRewardModel.from_pretrained(str(rm), attn_implementation=eager),
+                                   policy_tokenizer=trainer.tokenizer, scheme=s.reward_scheme)
         shown = [(p, r) for p, r in zip(prompts, after) if r.strip()][: s.heatmaps]
         heat_rows = scorer.score([p for p, _ in shown], [r for _, r in shown]) if shown else []
     summary = {

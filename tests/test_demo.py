@@ -44,9 +44,12 @@ def test_reduced_demo_produces_every_report_section(tmp_path):
     [rm] = (tmp_path / "cache").glob("rm-tiny-pairs64-*")
     assert (rm / "rm_metrics.json").is_file()
     run_demo(settings)  # a second run reuses the cached data and reward model
-    # the other ways to train the reward model: the last block + head, and every weight
-    for trainable in (1, None):
-        run_demo(reduced(tmp_path, rm_trainable_layers=trainable, rm_all_positions=False, reward_scheme="sparse"))
+    # the other ways to train the reward model (the last block + head, every weight) and the other schemes
+    for trainable, scheme in ((1, "sparse"), (None, "abc")):
+        report = run_demo(reduced(tmp_path, rm_trainable_layers=trainable, rm_all_positions=False, reward_scheme=scheme))
+        page = Sections()
+        page.feed(report.read_text())
+        assert page.tokens > 0, scheme
     assert len(list((tmp_path / "cache").glob("rm-tiny-pairs64-*"))) == 3
 
 
