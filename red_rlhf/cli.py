@@ -82,7 +82,8 @@ def cmd_train_rm(args: argparse.Namespace) -> None:
     import torch
     from rich.progress import Progress
 
-    from red_rlhf.reward_model import keep_first_layers, load_backbone, read_pairs, train_reward_model, train_score_head
+    from red_rlhf.reward_model import (keep_first_layers, load_backbone, read_pairs, score_head_ticks, train_reward_model,
+                                      train_score_head)
     from red_rlhf.scoring import detect_mode
 
     if not 0 <= args.held_out_fraction < 1:
@@ -111,8 +112,8 @@ def cmd_train_rm(args: argparse.Namespace) -> None:
             raise UserError(f"--keep-layers: {err}") from err
     with Progress() as bar:
         if args.head_only:
-            batches = -(-len(train) // 32) + -(-len(held_out) // 32)
-            task = bar.add_task("reward model: features, then the score head", total=batches + args.head_iterations)
+            task = bar.add_task("reward model: features, then the score head",
+                                total=score_head_ticks(len(train), len(held_out), args.head_iterations))
             result = train_score_head(model, tokenizer, train, held_out, all_positions=args.all_positions,
                                       weight_decay=args.weight_decay, iterations=args.head_iterations,
                                       max_length=args.max_length, on_step=lambda: bar.update(task, advance=1))

@@ -23,8 +23,8 @@ from red_rlhf.config import Config, validate
 from red_rlhf.data import read_prompts
 from red_rlhf.plots import plot_run
 from red_rlhf.report import heatmap_rows_html
-from red_rlhf.reward_model import (keep_first_layers, load_backbone, read_pairs, train_only_last_layers,
-                                  train_reward_model, train_score_head)
+from red_rlhf.reward_model import (keep_first_layers, load_backbone, read_pairs, score_head_ticks,
+                                  train_only_last_layers, train_reward_model, train_score_head)
 from red_rlhf.rewards import HFRewardModel
 from red_rlhf.scorer import TokenRewardScorer
 from red_rlhf.sentiment_data import prepare
@@ -110,9 +110,9 @@ def reward_model_dir(s: DemoSettings, data: Path, cache: Path) -> tuple[Path, di
 
     with Progress() as bar:
         if s.rm_trainable_layers == 0:  # frozen trunk: features once, then a linear head (seconds)
-            iterations, batches = 400, -(-len(train) // 32) + -(-len(held_out) // 32)
+            iterations = 400
             task = bar.add_task(f"reward model: features of {len(train)} + {len(held_out)} pairs, then the score head",
-                                total=batches + iterations)
+                                total=score_head_ticks(len(train), len(held_out), iterations))
             metrics = train_score_head(model, tok, train, held_out, all_positions=s.rm_all_positions,
                                        iterations=iterations, max_length=512, on_step=lambda: bar.update(task, advance=1))
         else:

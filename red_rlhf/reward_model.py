@@ -192,9 +192,17 @@ def train_reward_model(model, tokenizer, train: list[PreferencePair], held_out: 
     return {"accuracy_before": before, "accuracy_after": after, "last_loss": loss.item()}
 
 
+FEATURE_BATCH = 32  # pairs per no-grad pass of the trunk in head_features
+
+
+def score_head_ticks(n_train: int, n_held_out: int, iterations: int) -> int:
+    """How many times `train_score_head` calls on_step: one per feature batch, one per fitting iteration."""
+    return -(-n_train // FEATURE_BATCH) + -(-n_held_out // FEATURE_BATCH) + iterations
+
+
 @torch.no_grad()
 def head_features(model, tokenizer, pairs: list[PreferencePair], max_length: int, all_positions: bool = False,
-                  batch_size: int = 32, on_batch=None) -> dict[str, torch.Tensor]:
+                  batch_size: int = FEATURE_BATCH, on_batch=None) -> dict[str, torch.Tensor]:
     """Inputs of the score head for the pairs, from one no-grad pass of the (frozen) trunk.
 
     chosen / rejected: (N, H) at each side's last token; with `all_positions` also chosen_all / rejected_all:

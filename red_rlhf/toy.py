@@ -38,19 +38,22 @@ def toy_policy(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> GPT2LMHeadM
     return GPT2LMHeadModel(config)
 
 
+def _word_mean(response: str, value) -> float:
+    """Mean of value(word) over the response's words (0 for an empty response)."""
+    words = response.replace("<eos>", " ").split()
+    return sum(value(w) for w in words) / len(words) if words else 0.0
+
+
 def target_fraction(prompt: str, response: str) -> float:
     """Share of the response's words that are "good" (0 for an empty response)."""
-    words = [w for w in response.replace("<eos>", " ").split()]
-    return sum(w == TARGET for w in words) / len(words) if words else 0.0
+    return _word_mean(response, lambda w: w == TARGET)
 
 
 def praise_score(prompt: str, response: str) -> float:
     """The reward of the toy cost example: 1 per "good", 2 per "great", over the response's words."""
-    words = response.replace("<eos>", " ").split()
-    return sum((w == "good") + 2 * (w == "great") for w in words) / len(words) if words else 0.0
+    return _word_mean(response, lambda w: (w == "good") + 2 * (w == "great"))
 
 
 def great_fraction(prompt: str, response: str) -> float:
     """The planted cost of the toy cost example: the share of the response's words that are "great"."""
-    words = response.replace("<eos>", " ").split()
-    return sum(w == "great" for w in words) / len(words) if words else 0.0
+    return _word_mean(response, lambda w: w == "great")

@@ -69,8 +69,8 @@ class Trainer:
         if cfg.algo.algorithm == "ppo":  # built before LoRA: the critic trains all its weights
             if cfg.algo.critic_init in ("reward", "reward-trunk"):
                 if self.reward.tokenizer.get_vocab() != self.tokenizer.get_vocab():
-                    raise ConfigError("algo.critic_init 'reward': the critic reads the policy's tokens, but the reward "
-                                      "model uses another tokenizer; use algo.critic_init 'policy'")
+                    raise ConfigError(f"algo.critic_init {cfg.algo.critic_init!r}: the critic reads the policy's tokens, "
+                                      "but the reward model uses another tokenizer; use algo.critic_init 'policy'")
                 self.critic = critic_from_reward_model(self.reward.model, zero_head=cfg.algo.critic_init == "reward-trunk")
             else:
                 self.critic = critic_from_policy(self.policy)

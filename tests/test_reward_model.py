@@ -49,7 +49,7 @@ def test_tiny_reward_model_learns_a_planted_preference(all_positions):
 
 @pytest.mark.parametrize("all_positions", [False, True])
 def test_score_head_alone_learns_a_planted_preference_and_folds_into_the_model(all_positions):
-    from red_rlhf.reward_model import pairwise_accuracy, train_score_head
+    from red_rlhf.reward_model import pairwise_accuracy, score_head_ticks, train_score_head
 
     tok = tiny_tokenizer("gpt2")
     model = tiny_reward_model("llama", len(tok), pad_token_id=tok.pad_token_id, seed=3, width=64)
@@ -64,6 +64,7 @@ def test_score_head_alone_learns_a_planted_preference_and_folds_into_the_model(a
     assert pairwise_accuracy(model, tok, held_out, max_length=64) == pytest.approx(result["accuracy_after"])
     assert all(torch.equal(v, model.base_model.state_dict()[k]) for k, v in trunk_before.items())
     assert len(ticks) == 400 + 5 + 2  # fitting iterations + feature batches (32 pairs each) of 160 and 56 pairs
+    assert score_head_ticks(160, 56, 400) == len(ticks)  # what the progress bars are sized by
 
 
 def test_keep_first_layers_cuts_the_trunk_and_saves_as_an_hf_model(tmp_path):
