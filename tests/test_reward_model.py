@@ -116,6 +116,16 @@ def test_train_rm_cli_saves_a_model_red_can_score_with(tmp_path, capsys):
     [row] = TokenRewardScorer(HFRewardModel.from_pretrained(str(out))).score(["Review: "], ["The movie was great."])
     assert sum(row.rewards) == pytest.approx(row.final_score - row.prompt_score, abs=1e-5)
     assert main(["train-rm", "--data", str(tmp_path / "none.jsonl"), "--output-dir", str(out)]) == 2
+    # bad sizes name the flag: more blocks than the model has; a negative count for the demo
+    assert main(["train-rm", "--data", str(data), "--output-dir", str(out), "--keep-layers", "9", "--head-only"]) == 2
+    assert "--keep-layers: keep_first_layers: the model has 2 blocks, cannot keep 9" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["demo", "--rm-pairs", "-1"])
+    assert "expected a number >= 0 or 'all', got '-1'" in capsys.readouterr().err
+    head = tmp_path / "head"
+    assert main(["train-rm", "--data", str(data), "--output-dir", str(head), "--head-only", "--keep-layers", "1",
+                 "--held-out-fraction", "0.2"]) == 0
+    assert json.loads((head / "rm_metrics.json").read_text())["accuracy_after"] >= 0.9
 
 
 def test_train_only_last_layers_freezes_the_rest():
