@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from red_rlhf.reward_model import encode_pairs, read_pairs
-from red_rlhf.rewards import HFRewardModel
-from red_rlhf.scoring import causal_scores
+from red_rlhf.training.reward_model import encode_pairs, read_pairs
+from red_rlhf.models.sources import HFRewardModel
+from red_rlhf.models.prefix import causal_scores
 
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 

@@ -39,8 +39,8 @@ from rich.console import Console
 from rich.table import Table
 from transformers import GPT2Config, GPT2ForSequenceClassification
 
-from red_rlhf import scoring
-from red_rlhf.scoring import naive_prefix_scores, pooled_attention, prefix_scores
+from red_rlhf.models import prefix as scoring
+from red_rlhf.models.prefix import naive_prefix_scores, pooled_attention, prefix_scores
 
 VOCAB = 8192
 PAD_ID = 0  # random token ids are drawn from 1..VOCAB-1, so padding is the only token HF pools past
@@ -119,7 +119,7 @@ def build_model(seed: int, attn: str = "sdpa") -> torch.nn.Module:
         num_labels=1, pad_token_id=PAD_ID, bos_token_id=None, eos_token_id=None, attn_implementation=attn,
     )
     model = GPT2ForSequenceClassification(config).to(torch.float32).eval()
-    # A random head gives scores near zero; scale it (as red_rlhf.tiny does) so max|diff| is judged on O(1) scores.
+    # A random head gives scores near zero; scale it (as red_rlhf.models.tiny does) so max|diff| is judged on O(1) scores.
     with torch.no_grad():
         model.score.weight.mul_(20.0)
     return model

@@ -11,7 +11,7 @@ trainer, `trl.experimental.ppo`, which trl 1.12.0 still has and later releases d
 What is measured:
 
 - models: a tiny GPT-2 policy (GPT2LMHeadModel) and a tiny GPT-2 reward model (GPT2ForSequenceClassification,
-  one label), built from configs with fixed seeds over `red_rlhf.tiny.tiny_tokenizer("gpt2")` (byte-level BPE,
+  one label), built from configs with fixed seeds over `red_rlhf.models.tiny.tiny_tokenizer("gpt2")` (byte-level BPE,
   400 tokens) and saved to a temporary folder; both trainers load the same files with from_pretrained. Both
   trainers hold the same four models: policy, frozen reference (a copy of the policy), reward model, and a value
   model that starts as a copy of the reward model (TRL: value_model loaded from the reward folder; ours:
@@ -103,8 +103,8 @@ def build_models(args: argparse.Namespace, folder: Path) -> dict:
     import torch
     from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 
-    from red_rlhf.tiny import tiny_tokenizer
-    from red_rlhf.toy import PROMPTS
+    from red_rlhf.models.tiny import tiny_tokenizer
+    from red_rlhf.data.toy import PROMPTS
 
     tok = tiny_tokenizer("gpt2")
     tok.padding_side = "left"  # TRL pads prompts with its collator and wants them left-padded
@@ -143,9 +143,9 @@ def _peak_bytes() -> int:
 
 
 def run_ours(args: argparse.Namespace, scheme: str, models: Path, out: Path) -> dict:
-    import red_rlhf.trainer as trainer_module
+    import red_rlhf.training.trainer as trainer_module
     from red_rlhf.config import Config, validate
-    from red_rlhf.trainer import Trainer
+    from red_rlhf.training.trainer import Trainer
 
     cfg = Config()
     cfg.policy.name_or_path = str(models / "policy")

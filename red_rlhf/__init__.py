@@ -1,6 +1,6 @@
 """red-rlhf: RLHF with token-level rewards (RED reward redistribution)."""
 
-from red_rlhf.redistribute import (
+from red_rlhf.core.redistribute import (
     SCHEMES,
     abc_rewards,
     final_scores,
@@ -9,9 +9,9 @@ from red_rlhf.redistribute import (
     sparse_rewards,
     token_rewards,
 )
-from red_rlhf.rewards import FunctionReward, HFRewardModel
-from red_rlhf.scorer import ScoredResponse, TokenRewardScorer
-from red_rlhf.scoring import naive_prefix_scores, pooled_attention, prefix_scores
+from red_rlhf.models.sources import FunctionReward, HFRewardModel
+from red_rlhf.models.scorer import ScoredResponse, TokenRewardScorer
+from red_rlhf.models.prefix import naive_prefix_scores, pooled_attention, prefix_scores
 
 __version__ = "0.1.0"
 

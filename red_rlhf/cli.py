@@ -9,9 +9,9 @@ import os
 import sys
 from pathlib import Path
 
-from red_rlhf.jsonl import read_records
-from red_rlhf.redistribute import FIRST_TOKEN_RULES, SCHEMES
-from red_rlhf.scoring import MODES
+from red_rlhf.data.jsonl import read_records
+from red_rlhf.core.redistribute import FIRST_TOKEN_RULES, SCHEMES
+from red_rlhf.models.prefix import MODES
 
 
 class UserError(Exception):
@@ -40,9 +40,9 @@ def _load_pretrained(kind: str, loader, name_or_path: str, **kwargs):
 def cmd_score(args: argparse.Namespace) -> None:
     from transformers import AutoTokenizer
 
-    from red_rlhf.report import heatmap_html, print_table
-    from red_rlhf.rewards import HFRewardModel
-    from red_rlhf.scorer import TokenRewardScorer
+    from red_rlhf.report.heatmap import heatmap_html, print_table
+    from red_rlhf.models.sources import HFRewardModel
+    from red_rlhf.models.scorer import TokenRewardScorer
 
     if args.input is not None:
         if args.prompt is not None or args.response is not None:
@@ -82,9 +82,9 @@ def cmd_train_rm(args: argparse.Namespace) -> None:
     import torch
     from rich.progress import Progress
 
-    from red_rlhf.reward_model import (keep_first_layers, load_backbone, read_pairs, score_head_ticks, train_reward_model,
+    from red_rlhf.training.reward_model import (keep_first_layers, load_backbone, read_pairs, score_head_ticks, train_reward_model,
                                       train_score_head)
-    from red_rlhf.scoring import detect_mode
+    from red_rlhf.models.prefix import detect_mode
 
     if not 0 <= args.held_out_fraction < 1:
         raise UserError(f"--held-out-fraction must be in [0, 1), got {args.held_out_fraction}")
@@ -96,7 +96,7 @@ def cmd_train_rm(args: argparse.Namespace) -> None:
     if not train:
         raise UserError(f"{args.data}: no pairs left for training after holding out {n_held}")
     if args.model == "tiny":
-        from red_rlhf.tiny import tiny_reward_model, tiny_tokenizer
+        from red_rlhf.models.tiny import tiny_reward_model, tiny_tokenizer
 
         tokenizer = tiny_tokenizer("gpt2")
         model = tiny_reward_model("gpt2", len(tokenizer), pad_token_id=tokenizer.pad_token_id, seed=args.seed, width=64)
@@ -135,7 +135,7 @@ def cmd_train_rm(args: argparse.Namespace) -> None:
 
 
 def cmd_prepare_data(args: argparse.Namespace) -> None:
-    from red_rlhf.sentiment_data import prepare
+    from red_rlhf.data.sentiment import prepare
 
     out = prepare(args.cache_dir, sdist=args.sdist, seed=args.seed, margin=args.margin)
     print(f"preference pairs: {out}/pairs_train.jsonl, {out}/pairs_eval.jsonl; prompts: {out}/prompts_train.txt, "
@@ -166,7 +166,7 @@ def _count_or_all(text: str):
 
 
 def cmd_tiny_rm(args: argparse.Namespace) -> None:
-    from red_rlhf.tiny import save_tiny_reward_model
+    from red_rlhf.models.tiny import save_tiny_reward_model
 
     out = save_tiny_reward_model(args.out_dir, arch=args.arch, seed=args.seed)
     print(f"wrote a tiny, randomly initialised {args.arch} reward model and its tokenizer to {out}")
@@ -174,7 +174,7 @@ def cmd_tiny_rm(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
     from red_rlhf.config import load_config
-    from red_rlhf.trainer import Trainer
+    from red_rlhf.training.trainer import Trainer
 
     cfg = load_config(args.config, overrides)
     try:
@@ -188,7 +188,7 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
-    from red_rlhf.plots import plot_run
+    from red_rlhf.report.plots import plot_run
 
     print(f"wrote {plot_run(args.output_dir, args.out)}")
 

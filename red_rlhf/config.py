@@ -12,8 +12,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from red_rlhf.advantages import KL_ESTIMATORS
-from red_rlhf.redistribute import FIRST_TOKEN_RULES, SCHEMES
+from red_rlhf.core.advantages import KL_ESTIMATORS
+from red_rlhf.core.redistribute import FIRST_TOKEN_RULES, SCHEMES
 
 
 class ConfigError(ValueError):

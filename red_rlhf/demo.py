@@ -20,14 +20,14 @@ from pathlib import Path
 import torch
 
 from red_rlhf.config import Config, validate
-from red_rlhf.data import read_prompts
-from red_rlhf.plots import plot_run
-from red_rlhf.report import heatmap_rows_html
-from red_rlhf.reward_model import (keep_first_layers, load_backbone, read_pairs, score_head_ticks,
+from red_rlhf.data.prompts import read_prompts
+from red_rlhf.report.plots import plot_run
+from red_rlhf.report.heatmap import heatmap_rows_html
+from red_rlhf.training.reward_model import (keep_first_layers, load_backbone, read_pairs, score_head_ticks,
                                   train_only_last_layers, train_reward_model, train_score_head)
-from red_rlhf.rewards import HFRewardModel
-from red_rlhf.scorer import TokenRewardScorer
-from red_rlhf.sentiment_data import prepare
+from red_rlhf.models.sources import HFRewardModel
+from red_rlhf.models.scorer import TokenRewardScorer
+from red_rlhf.data.sentiment import prepare
 
 
 @dataclass
@@ -65,7 +65,7 @@ def _tiny_pair(cache: Path, seed: int):
     """A tiny GPT-2 policy and reward-model backbone sharing one tokenizer, saved once to the cache."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from red_rlhf.tiny import tiny_reward_model, tiny_tokenizer
+    from red_rlhf.models.tiny import tiny_reward_model, tiny_tokenizer
 
     policy_dir = cache / "tiny-policy"
     tok = tiny_tokenizer("gpt2")
@@ -81,7 +81,7 @@ def _tiny_pair(cache: Path, seed: int):
 def _resolve(name: str, cache: Path) -> str:
     """"smollm2" -> the packaged SmolLM2-135M-Instruct folder (converted once); anything else as given."""
     if name == "smollm2":
-        from red_rlhf.packaged import smollm2_instruct
+        from red_rlhf.models.packaged import smollm2_instruct
 
         return str(smollm2_instruct(cache))
     return name
@@ -155,7 +155,7 @@ def train_config(s: DemoSettings, data: Path, policy: str, rm: Path, out: Path) 
 
 
 def run_demo(s: DemoSettings) -> Path:
-    from red_rlhf.trainer import Trainer
+    from red_rlhf.training.trainer import Trainer
 
     clock = Stopwatch()
     cache, out = Path(s.cache_dir).expanduser(), Path(s.output_dir)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from red_rlhf.tiny import tiny_reward_model, tiny_tokenizer
+from red_rlhf.models.tiny import tiny_reward_model, tiny_tokenizer
 
 
 @pytest.fixture(autouse=True)

@@ -10,12 +10,12 @@ import sys
 import torch
 from accelerate import Accelerator
 
-from red_rlhf.advantages import kl_per_token, shape_rewards
+from red_rlhf.core.advantages import kl_per_token, shape_rewards
 from red_rlhf.config import load_config
-from red_rlhf.models import critic_from_policy
-from red_rlhf.ppo import compute_advantages, update
-from red_rlhf.rollout import Rollout, response_logits, token_logprobs, truncate_at_eos
-from red_rlhf.toy import toy_policy, toy_tokenizer
+from red_rlhf.models.build import critic_from_policy
+from red_rlhf.training.ppo import compute_advantages, update
+from red_rlhf.training.rollout import Rollout, response_logits, token_logprobs, truncate_at_eos
+from red_rlhf.models.tiny import toy_policy, toy_tokenizer
 
 
 def global_batch(policy, critic, tok, rows=8, prompt=5, response=6):

@@ -6,13 +6,13 @@ import math
 import pytest
 import torch
 
-from red_rlhf.advantages import (
+from red_rlhf.core.advantages import (
     gae, gae_reference, kl_per_token, masked_whiten, returns_to_go, rloo_advantages, rloo_reference, shape_rewards,
 )
-from red_rlhf.losses import policy_loss, value_loss
-from red_rlhf.redistribute import redistribute
-from red_rlhf.rewards import CutScores, place_rewards
-from red_rlhf.rollout import truncate_at_eos
+from red_rlhf.core.losses import policy_loss, value_loss
+from red_rlhf.core.redistribute import redistribute
+from red_rlhf.models.sources import CutScores, place_rewards
+from red_rlhf.training.rollout import truncate_at_eos
 
 
 def right_padded(batch=6, width=9, seed=0):

@@ -4,17 +4,17 @@ import pytest
 
 from red_rlhf.config import ConfigError, load_config
 
-TOY = ["--reward.function=red_rlhf.toy:target_fraction", "--algo.critic_init=policy"]
+TOY = ["--reward.function=red_rlhf.data.toy:target_fraction", "--algo.critic_init=policy"]
 
 
 def test_yaml_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("reward:\n  function: red_rlhf.toy:target_fraction\nalgo:\n  critic_init: policy\n  epochs: 2\n")
+    path.write_text("reward:\n  function: red_rlhf.data.toy:target_fraction\nalgo:\n  critic_init: policy\n  epochs: 2\n")
     cfg = load_config(str(path), ["--algo.epochs=3", "--kl.coef=0.1", "--algo.target_kl=none", "--train.tensorboard=false",
                                   "--policy.lora_target_modules=c_attn,c_proj"])
     assert cfg.algo.epochs == 3 and cfg.kl.coef == 0.1 and cfg.algo.target_kl is None
     assert cfg.train.tensorboard is False and cfg.policy.lora_target_modules == ["c_attn", "c_proj"]
-    assert cfg.reward.function == "red_rlhf.toy:target_fraction"
+    assert cfg.reward.function == "red_rlhf.data.toy:target_fraction"
 
 
 def test_the_shipped_configs_load():

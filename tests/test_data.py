@@ -5,7 +5,7 @@ import json
 import pytest
 
 from red_rlhf.config import ConfigError, DataConfig
-from red_rlhf.data import PromptOrder, read_prompts, train_eval_prompts
+from red_rlhf.data.prompts import PromptOrder, read_prompts, train_eval_prompts
 
 
 def test_prompt_files(tmp_path):

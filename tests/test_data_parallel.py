@@ -36,7 +36,7 @@ def test_two_processes_take_the_same_step_as_one(tmp_path):
     for key in ("policy_loss", "value_loss"):
         assert two["stats"][key] == pytest.approx(one["stats"][key], rel=1e-4, abs=1e-6)
     # the update really moved the weights (the comparison is not between two untouched models)
-    from red_rlhf.toy import toy_policy, toy_tokenizer
+    from red_rlhf.models.tiny import toy_policy, toy_tokenizer
 
     initial = toy_policy(toy_tokenizer(), seed=0).state_dict()
     assert any(not torch.allclose(initial[n], v) for n, v in one["policy"].items() if n in initial)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from red_rlhf.redistribute import (
+from red_rlhf.core.redistribute import (
     FIRST_TOKEN_RULES,
     abc_rewards,
     final_scores,

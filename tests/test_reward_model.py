@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from red_rlhf.reward_model import (
+from red_rlhf.training.reward_model import (
     PreferencePair, bradley_terry_loss, divergence_mask, read_pairs, train_reward_model,
 )
-from red_rlhf.tiny import tiny_reward_model, tiny_tokenizer
+from red_rlhf.models.tiny import tiny_reward_model, tiny_tokenizer
 
 GOOD = ["great", "good", "wonderful", "delightful", "clever", "funny"]
 BAD = ["bad", "dull", "terrible", "slow", "cold", "dirty"]
@@ -49,7 +49,7 @@ def test_tiny_reward_model_learns_a_planted_preference(all_positions):
 
 @pytest.mark.parametrize("all_positions", [False, True])
 def test_score_head_alone_learns_a_planted_preference_and_folds_into_the_model(all_positions):
-    from red_rlhf.reward_model import pairwise_accuracy, score_head_ticks, train_score_head
+    from red_rlhf.training.reward_model import pairwise_accuracy, score_head_ticks, train_score_head
 
     tok = tiny_tokenizer("gpt2")
     model = tiny_reward_model("llama", len(tok), pad_token_id=tok.pad_token_id, seed=3, width=64)
@@ -70,8 +70,8 @@ def test_score_head_alone_learns_a_planted_preference_and_folds_into_the_model(a
 def test_keep_first_layers_cuts_the_trunk_and_saves_as_an_hf_model(tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from red_rlhf.reward_model import keep_first_layers
-    from red_rlhf.scoring import causal_scores
+    from red_rlhf.training.reward_model import keep_first_layers
+    from red_rlhf.models.prefix import causal_scores
 
     tok = tiny_tokenizer("gpt2")
     for arch in ("llama", "gpt2"):
@@ -129,7 +129,7 @@ def test_train_rm_cli_saves_a_model_red_can_score_with(tmp_path, capsys):
 
 
 def test_train_only_last_layers_freezes_the_rest():
-    from red_rlhf.reward_model import train_only_last_layers
+    from red_rlhf.training.reward_model import train_only_last_layers
 
     tok = tiny_tokenizer("gpt2")
     model = tiny_reward_model("llama", len(tok), pad_token_id=tok.pad_token_id, layers=3)
@@ -142,8 +142,8 @@ def test_train_only_last_layers_freezes_the_rest():
 def test_load_backbone_puts_a_score_head_on_a_saved_decoder(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from red_rlhf.reward_model import load_backbone
-    from red_rlhf.scoring import detect_mode
+    from red_rlhf.training.reward_model import load_backbone
+    from red_rlhf.models.prefix import detect_mode
 
     tok = tiny_tokenizer("gpt2")
     tok.pad_token = None  # a decoder tokenizer without a pad token, as many have

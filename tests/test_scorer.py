@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from red_rlhf import FunctionReward, HFRewardModel, TokenRewardScorer
-from red_rlhf.scoring import naive_prefix_scores
-from red_rlhf.tiny import tiny_reward_model, tiny_tokenizer
+from red_rlhf.models.prefix import naive_prefix_scores
+from red_rlhf.models.tiny import tiny_reward_model, tiny_tokenizer
 
 PROMPTS = ["Review:", "Hello world, how are you today?", "Please explain"]
 RESPONSES = [" The movie was good and the acting was great.", " I am fine, thank you.", " how a transformer reads"]

@@ -5,8 +5,8 @@ import logging
 import pytest
 import torch
 
-from red_rlhf.scoring import detect_mode, naive_prefix_scores, pooled_attention, prefix_scores
-from red_rlhf.tiny import tiny_reward_model
+from red_rlhf.models.prefix import detect_mode, naive_prefix_scores, pooled_attention, prefix_scores
+from red_rlhf.models.tiny import tiny_reward_model
 
 TEXTS = ["The movie was good", "A bad film with terrible acting and a dull plot.", "Hi", "I loved every minute of it!"]
 
@@ -83,7 +83,7 @@ def test_prefix_mode_on_causal_model_agrees_and_chunks(gpt2_tok, gpt2_rm):
 
 def test_pad_equals_eos_keeps_the_real_eos(gpt2_tok):
     """A pad id equal to the EOS id must not hide a response's real EOS (trl#3750)."""
-    from red_rlhf.tiny import tiny_tokenizer
+    from red_rlhf.models.tiny import tiny_tokenizer
 
     tok = tiny_tokenizer("gpt2", pad_equals_eos=True)
     assert tok.pad_token_id == tok.eos_token_id

@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from red_rlhf.sentiment_data import parse_snippets, prepare, split_snippets
+from red_rlhf.data.sentiment import parse_snippets, prepare, split_snippets
 
 WORDS = "the film was a truly great bad dull warm clever story with plot and music in every scene".split()
 

@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from red_rlhf import checkpoint
+from red_rlhf.training import checkpoint
 from red_rlhf.config import ConfigError, load_config, validate
-from red_rlhf.rewards import place_rewards
-from red_rlhf.rollout import response_cuts, score_responses
-from red_rlhf.sources import LagrangeMultiplier, SourceError
-from red_rlhf.trainer import Trainer
+from red_rlhf.models.sources import place_rewards
+from red_rlhf.training.rollout import response_cuts, score_responses
+from red_rlhf.training.multi_source import LagrangeMultiplier, SourceError
+from red_rlhf.training.trainer import Trainer
 
 
 def cost_run(tmp_path, *overrides, name="run", cost_weight=None):
@@ -63,7 +63,7 @@ def test_lagrangian_drives_a_planted_cost_under_its_limit(tmp_path):
     assert cost(free) > 0.5, [round(m["score_great"], 2) for m in free]  # without the constraint it stays
     assert all(m["lambda_great"] >= 0 and 0 <= m["over_limit_great"] <= 1 for m in constrained)
     assert "lambda_great" not in free[-1] and "score_praise" in free[-1]
-    from red_rlhf.plots import plot_run
+    from red_rlhf.report.plots import plot_run
 
     assert plot_run(tmp_path / "lagrangian").stat().st_size > 20_000  # with the sources' row of panels
 
@@ -109,7 +109,7 @@ def zero_weights_unconstrained(cfg):
     (lambda c: setattr(c.reward.sources[1], "limit", None), "lagrangian.enabled needs a reward source of kind 'cost'"),
     (lambda c: setattr(c.reward.sources[0], "kind", "cost"), "at least one source must be of kind 'reward'"),
     (lambda c: setattr(c.reward.sources[1], "scheme", "abc"), r"reward.sources\[1\].scheme 'abc' needs a reward model"),
-    (lambda c: setattr(c.reward, "function", "red_rlhf.toy:target_fraction"), "reward.sources replaces reward.model"),
+    (lambda c: setattr(c.reward, "function", "red_rlhf.data.toy:target_fraction"), "reward.sources replaces reward.model"),
     (lambda c: setattr(c.reward.sources[1], "weight", -1.0), r"reward.sources\[1\].weight must be >= 0"),
 ])
 def test_source_config_errors(tmp_path, change, message):
@@ -121,10 +121,10 @@ def test_source_config_errors(tmp_path, change, message):
 
 def test_sources_from_yaml_check_every_key(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("reward:\n  sources:\n    - name: r\n      function: red_rlhf.toy:praise_score\n      wieght: 2\n")
+    bad.write_text("reward:\n  sources:\n    - name: r\n      function: red_rlhf.data.toy:praise_score\n      wieght: 2\n")
     with pytest.raises(ConfigError, match=r"unknown config key reward.sources\[0\].wieght"):
         load_config(str(bad))
-    bad.write_text("reward:\n  sources:\n    - red_rlhf.toy:praise_score\n")
+    bad.write_text("reward:\n  sources:\n    - red_rlhf.data.toy:praise_score\n")
     with pytest.raises(ConfigError, match=r"reward.sources\[0\] must be a mapping"):
         load_config(str(bad))
 

@@ -7,9 +7,9 @@ import signal
 import pytest
 import torch
 
-from red_rlhf import checkpoint
+from red_rlhf.training import checkpoint
 from red_rlhf.config import ConfigError, load_config
-from red_rlhf.trainer import Trainer
+from red_rlhf.training.trainer import Trainer
 
 
 def toy(tmp_path, *overrides, name="run"):
@@ -150,7 +150,7 @@ def test_lora_reference_is_the_base_with_adapters_off(tmp_path):
 
 
 def test_hf_reward_model_with_another_tokenizer_and_abc(tmp_path):
-    from red_rlhf.tiny import save_tiny_reward_model
+    from red_rlhf.models.tiny import save_tiny_reward_model
 
     rm = save_tiny_reward_model(tmp_path / "rm")
     for scheme in ("red", "abc"):
@@ -163,9 +163,9 @@ def test_hf_reward_model_with_another_tokenizer_and_abc(tmp_path):
 
 
 def test_critic_from_reward_model_starts_at_prefix_scores_or_at_zero():
-    from red_rlhf.models import critic_from_reward_model
-    from red_rlhf.scoring import causal_scores
-    from red_rlhf.tiny import tiny_reward_model, tiny_tokenizer
+    from red_rlhf.models.build import critic_from_reward_model
+    from red_rlhf.models.prefix import causal_scores
+    from red_rlhf.models.tiny import tiny_reward_model, tiny_tokenizer
 
     tok = tiny_tokenizer("gpt2")
     rm = tiny_reward_model("llama", len(tok), pad_token_id=tok.pad_token_id)

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from red_rlhf.jsonl import read_records
-from red_rlhf.scoring import causal_scores, trunk_hidden
+from red_rlhf.data.jsonl import read_records
+from red_rlhf.models.prefix import causal_scores, trunk_hidden
 
 
 @dataclass

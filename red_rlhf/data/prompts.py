@@ -7,13 +7,13 @@ from pathlib import Path
 import torch
 
 from red_rlhf.config import ConfigError, DataConfig
-from red_rlhf.jsonl import read_records
+from red_rlhf.data.jsonl import read_records
 
 
 def read_prompts(path: str, field: str = "data.prompts") -> list[str]:
     """Prompts from a .txt file (one a line) or a .jsonl file (field "prompt"); "toy" gives the toy prompts."""
     if path == "toy":
-        from red_rlhf.toy import PROMPTS
+        from red_rlhf.data.toy import PROMPTS
 
         return list(PROMPTS)
     file = Path(path).expanduser()

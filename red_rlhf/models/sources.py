@@ -18,9 +18,9 @@ from typing import Protocol
 
 import torch
 
-from red_rlhf.alignment import check_cuts, scores_at_cuts, sums_between_cuts
-from red_rlhf.redistribute import token_rewards
-from red_rlhf.scoring import pooled_attention, prefix_scores, resolve_mode
+from red_rlhf.core.alignment import check_cuts, scores_at_cuts, sums_between_cuts
+from red_rlhf.core.redistribute import token_rewards
+from red_rlhf.models.prefix import pooled_attention, prefix_scores, resolve_mode
 
 FORMATS = ("auto", "chat", "concat", "pair")
 

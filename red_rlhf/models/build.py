@@ -10,7 +10,7 @@ import os
 import torch
 
 from red_rlhf.config import Config, ConfigError, SourceConfig
-from red_rlhf.rewards import FunctionReward, HFRewardModel
+from red_rlhf.models.sources import FunctionReward, HFRewardModel
 
 
 class Critic(torch.nn.Module):
@@ -53,7 +53,7 @@ def load_policy(cfg: Config):
     """(policy, tokenizer). "toy" builds the toy task's tiny model; anything else goes to from_pretrained."""
     name = os.path.expanduser(cfg.policy.name_or_path)
     if name == "toy":
-        from red_rlhf.toy import toy_policy, toy_tokenizer
+        from red_rlhf.models.tiny import toy_policy, toy_tokenizer
 
         tokenizer = toy_tokenizer()
         policy = toy_policy(tokenizer, seed=cfg.train.seed)
@@ -104,8 +104,15 @@ def as_reference(policy, ref):
             yield policy
 
 
+# Modules that moved in the 0.2 layout: a function path naming the old module still loads, with a notice.
+MOVED_MODULES = {"red_rlhf.toy": "red_rlhf.data.toy"}
+
+
 def import_function(path: str, where: str = "reward.function"):
     module_name, _, attr = path.partition(":")
+    if module_name in MOVED_MODULES:
+        print(f"notice: {where}: module {module_name} is now {MOVED_MODULES[module_name]}; update {path!r}")
+        module_name = MOVED_MODULES[module_name]
     try:
         fn = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:

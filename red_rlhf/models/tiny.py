@@ -10,15 +10,19 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
     GPT2Config,
     GPT2ForSequenceClassification,
+    GPT2LMHeadModel,
     LlamaConfig,
     LlamaForSequenceClassification,
     PreTrainedTokenizerFast,
 )
+
+from red_rlhf.data.toy import WORDS
 
 CORPUS = [
     "The movie was good and the acting was great.",
@@ -36,6 +40,7 @@ CHATML_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
 
 ARCHITECTURES = ("gpt2", "llama", "bert")
 
@@ -122,3 +127,19 @@ def save_tiny_reward_model(out_dir: str | Path, *, arch: str = "gpt2", seed: int
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def toy_tokenizer() -> PreTrainedTokenizerFast:
+    specials = ["<pad>", "<eos>", "<unk>"]
+    vocab = {w: i for i, w in enumerate(specials + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+
+
+def toy_policy(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=64, n_layer=2, n_head=2, n_positions=128,
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+                        pad_token_id=tokenizer.pad_token_id)
+    return GPT2LMHeadModel(config)

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-from red_rlhf.advantages import gae, masked_whiten, rloo_advantages
+from red_rlhf.core.advantages import gae, masked_whiten, rloo_advantages
 from red_rlhf.config import Config
-from red_rlhf.losses import entropy_from_logits, policy_loss, value_loss
-from red_rlhf.rollout import Rollout, response_logits, token_logprobs
+from red_rlhf.core.losses import entropy_from_logits, policy_loss, value_loss
+from red_rlhf.training.rollout import Rollout, response_logits, token_logprobs
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]  # sums a tensor over data-parallel processes
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from red_rlhf.config import LagrangianConfig, SourceConfig
-from red_rlhf.rewards import RewardSource
+from red_rlhf.models.sources import RewardSource
 
 
 class SourceError(ValueError):

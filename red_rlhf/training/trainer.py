@@ -22,16 +22,16 @@ from pathlib import Path
 
 import torch
 
-from red_rlhf import checkpoint
-from red_rlhf.advantages import kl_per_token, masked_mean, shape_rewards
+from red_rlhf.training import checkpoint
+from red_rlhf.core.advantages import kl_per_token, masked_mean, shape_rewards
 from red_rlhf.config import Config, ConfigError, reward_sources, to_dict
-from red_rlhf.data import PromptOrder, train_eval_prompts
-from red_rlhf.models import (apply_lora, as_reference, critic_from_policy, critic_from_reward_model, load_policy,
+from red_rlhf.data.prompts import PromptOrder, train_eval_prompts
+from red_rlhf.models.build import (apply_lora, as_reference, critic_from_policy, critic_from_reward_model, load_policy,
                              load_source, reference_model)
-from red_rlhf.ppo import Experience, compute_advantages, update
-from red_rlhf.rewards import place_rewards
-from red_rlhf.rollout import Rollout, encode_prompts, response_cuts, response_logits, sample, score_responses, token_logprobs
-from red_rlhf.sources import Source, SourceError, coefficients, combine, multipliers
+from red_rlhf.training.ppo import Experience, compute_advantages, update
+from red_rlhf.models.sources import place_rewards
+from red_rlhf.training.rollout import Rollout, encode_prompts, response_cuts, response_logits, sample, score_responses, token_logprobs
+from red_rlhf.training.multi_source import Source, SourceError, coefficients, combine, multipliers
 
 
 class AdaptiveKL:

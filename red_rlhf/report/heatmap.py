@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from red_rlhf.scorer import ScoredResponse
+from red_rlhf.models.scorer import ScoredResponse
 
 
 def _scale(rows: Sequence[ScoredResponse]) -> float:

@@ -1,14 +1,10 @@
 """The toy task: a tiny policy learns to say "good". Built from configs in a second, no download.
 
-Policy: a 2-layer GPT-2 over a word-level vocabulary of a few dozen words. Reward: the fraction of response words
+Policy: a 2-layer GPT-2 over a word-level vocabulary of a few dozen words (`models.tiny.toy_policy`). Reward: the fraction of response words
 that are "good" (a known function of the text, so a test can tell whether training works).
 """
 
 from __future__ import annotations
-
-import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 WORDS = (
     "good bad the a movie film plot acting music was is and but very quite so it this that story scene end "
@@ -20,22 +16,6 @@ PROMPTS = [
     "they hated the", "it was a", "the story is", "the end was", "a review of", "the script was", "this scene is",
     "the actor was", "the director is", "i saw the", "that film was", "so the movie", "the actress was",
 ]
-
-
-def toy_tokenizer() -> PreTrainedTokenizerFast:
-    specials = ["<pad>", "<eos>", "<unk>"]
-    vocab = {w: i for i, w in enumerate(specials + WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
-
-
-def toy_policy(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> GPT2LMHeadModel:
-    torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=len(tokenizer), n_embd=64, n_layer=2, n_head=2, n_positions=128,
-                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.pad_token_id)
-    return GPT2LMHeadModel(config)
 
 
 def _word_mean(response: str, value) -> float:

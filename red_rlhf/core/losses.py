@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from red_rlhf.advantages import masked_mean, masked_sum
+from red_rlhf.core.advantages import masked_mean, masked_sum
 
 
 @dataclass

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from red_rlhf.redistribute import SCHEMES
-from red_rlhf.rewards import FunctionReward, HFRewardModel, RewardSource, place_rewards
+from red_rlhf.core.redistribute import SCHEMES
+from red_rlhf.models.sources import FunctionReward, HFRewardModel, RewardSource, place_rewards
 
 
 @dataclass

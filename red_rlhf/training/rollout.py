@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from red_rlhf.rewards import CutScores, RewardSource
+from red_rlhf.models.sources import CutScores, RewardSource
 
 
 @dataclass
