@@ -28,6 +28,7 @@ from red_rlhf.config import Config, ConfigError, reward_sources, to_dict
 from red_rlhf.data.prompts import PromptOrder, train_eval_prompts
 from red_rlhf.models.build import (apply_lora, as_reference, critic_from_policy, critic_from_reward_model, load_policy,
                              load_source, reference_model)
+from red_rlhf.training.resume import begin as begin_run
 from red_rlhf.training.ppo import Experience, compute_advantages, update
 from red_rlhf.models.sources import place_rewards
 from red_rlhf.training.rollout import Rollout, encode_prompts, response_cuts, response_logits, sample, score_responses, token_logprobs
@@ -208,13 +209,8 @@ class Trainer:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         c = self.cfg
-        if resume:
-            self.load(checkpoint.latest(self.out))
-        elif checkpoint.latest(self.out, must_exist=False) is not None:
-            raise ValueError(f"{self.out} already holds checkpoints: pass --resume to continue, or pick another "
-                             "train.output_dir")
+        begin_run(self, resume)  # checks what a resume may change, sets it, one metrics row per step, history
         if self.acc.is_main_process:
-            self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(to_dict(c), indent=2))
         self.acc.init_trackers("red-rlhf", config=_flat(to_dict(c)))
         history = []
