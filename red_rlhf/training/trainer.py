@@ -28,6 +28,7 @@ from red_rlhf.config import Config, ConfigError, reward_sources, to_dict
 from red_rlhf.data.prompts import PromptOrder, train_eval_prompts
 from red_rlhf.models.build import (apply_lora, as_reference, critic_from_policy, critic_from_reward_model, load_policy,
                              load_source, reference_model)
+from red_rlhf.training.guards import ensure_finite
 from red_rlhf.training.resume import begin as begin_run
 from red_rlhf.training.ppo import Experience, compute_advantages, update
 from red_rlhf.models.sources import place_rewards
@@ -163,15 +164,17 @@ class Trainer:
         ro = self.rollout(self.order.next_batch(c.rollout.batch_size))
         phase(2, "score + redistribute")
         rewards, final, finals = self.score(ro)
+        ensure_finite(self.step + 1, "2-3 score + redistribute", token_rewards=rewards, final_scores=final)
         phase(4, "KL-shape")
         kl = kl_per_token(ro.logprobs, ro.ref_logprobs, c.kl.estimator)
         shaped = shape_rewards(rewards, kl, ro.response_mask, self.kl.coef)
+        ensure_finite(self.step + 1, "4 KL-shape", kl=torch.where(ro.response_mask, kl, 0), shaped_rewards=shaped)
         phase(5, "advantages")
         exp = compute_advantages(c, ro, shaped, reduce=self._sum)
         phase(6, "update")
         stats = update(c, exp, self.policy, self.critic, self.policy_opt, self.critic_opt,
                        backward=self.acc.backward, clip_grad=self.acc.clip_grad_norm_, reduce=self._sum,
-                       generator=torch.Generator().manual_seed(c.train.seed * 7919 + self.step))
+                       generator=torch.Generator().manual_seed(c.train.seed * 7919 + self.step), step=self.step + 1)
         self.policy_sched.step()
         if self.critic_sched:
             self.critic_sched.step()
