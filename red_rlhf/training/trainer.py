@@ -29,6 +29,7 @@ from red_rlhf.data.prompts import PromptOrder, train_eval_prompts
 from red_rlhf.models.build import (apply_lora, as_reference, critic_from_policy, critic_from_reward_model, load_policy,
                              load_source, reference_model)
 from red_rlhf.training.guards import ensure_finite
+from red_rlhf.training.prompt_check import check_prompts
 from red_rlhf.training.resume import begin as begin_run
 from red_rlhf.training.ppo import Experience, compute_advantages, update
 from red_rlhf.models.sources import place_rewards
@@ -95,6 +96,7 @@ class Trainer:
         else:
             self.policy, self.policy_opt = self.acc.prepare(self.policy, self.policy_opt)
         train_prompts, self.eval_prompts = train_eval_prompts(cfg.data)
+        check_prompts(cfg, self.tokenizer)  # every prompt fits, named by file and line, before the first step
         self.order = PromptOrder(train_prompts, cfg.train.seed, self.acc.process_index, self.acc.num_processes)
         self.kl = AdaptiveKL(cfg.kl.coef, cfg.kl.target if cfg.kl.adaptive else None, cfg.kl.horizon)
         self.step = 0
