@@ -106,7 +106,7 @@ def reward_model_dir(s: DemoSettings, data: Path, cache: Path) -> tuple[Path, di
         keep_first_layers(model, s.rm_keep_layers)
     train = read_pairs(data / "pairs_train.jsonl")[: s.rm_pairs]
     held_out = read_pairs(data / "pairs_eval.jsonl")[: s.rm_eval_pairs]
-    from rich.progress import Progress
+    from red_rlhf.progress import Progress  # plain lines when output is not a terminal
 
     with Progress() as bar:
         if s.rm_trainable_layers == 0:  # frozen trunk: features once, then a linear head (seconds)

@@ -194,3 +194,36 @@ def begin(trainer, resume: bool) -> None:
         for line in lines:
             print(line)
         record(out, "resume" if resume else "start", step, cfg, lines)
+
+
+def preflight(cfg: Config, resume: bool) -> None:
+    """Before any model loads: the output directory can take the run, a resume can continue it, local model
+    paths exist. Raises ConfigError / FileNotFoundError naming the setting."""
+    from red_rlhf.config import reward_sources
+    from red_rlhf.models.build import import_function
+    from red_rlhf.models.paths import check_model_path
+    from red_rlhf.training import checkpoint
+
+    out = Path(cfg.train.output_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"train.output_dir {out} is a file, not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"train.output_dir {out} is not writable: {err.strerror or err}") from None
+    if resume:
+        check_resume(cfg, checkpoint_step(checkpoint.latest(out)))
+    elif checkpoint.latest(out, must_exist=False) is not None:
+        raise ConfigError(f"{out} already holds checkpoints: pass --resume to continue, or pick another "
+                          "train.output_dir")
+    if cfg.policy.name_or_path != "toy":
+        check_model_path(cfg.policy.name_or_path, "policy.name_or_path")
+    for i, source in enumerate(reward_sources(cfg)):
+        where = f"reward.sources[{i}]" if cfg.reward.sources else "reward"
+        if source.model is not None:
+            check_model_path(source.model, f"{where}.model")
+        if source.function is not None:  # a missing module or a syntax error, before the policy loads
+            import_function(source.function, f"{where}.function")

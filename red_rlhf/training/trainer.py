@@ -56,7 +56,7 @@ class Trainer:
         from accelerate.utils import set_seed
 
         self.cfg = cfg
-        out = Path(cfg.train.output_dir)
+        out = Path(cfg.train.output_dir).expanduser()
         trackers = "tensorboard" if cfg.train.tensorboard and _has_tensorboard() else None
         # cpu=True on machines without an accelerator: only then does accelerate join torchrun's processes (gloo)
         cpu_only = not (torch.cuda.is_available() or torch.backends.mps.is_available())
@@ -211,7 +211,9 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def train(self, resume: bool = False) -> list[dict]:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        from red_rlhf.progress import Progress  # plain lines when output is not a terminal
 
         c = self.cfg
         begin_run(self, resume)  # checks what a resume may change, sets it, one metrics row per step, history
