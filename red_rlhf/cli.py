@@ -223,7 +223,7 @@ def _output_dir(option: str, path: str) -> Path:
         raise UserError(f"{option} {path} is a file, not a directory")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+        probe = out / f".write-test-{os.getpid()}"  # one per process: ranks probe at once
         probe.write_text("")
         probe.unlink()
     except OSError as err:

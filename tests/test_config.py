@@ -113,3 +113,11 @@ def test_range_errors_name_the_field(overrides, message):
     with pytest.raises(ConfigError) as err:
         load_config(None, TOY + overrides)
     assert message in str(err.value)
+
+
+def test_a_limit_on_a_reward_source_is_an_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("reward:\n  sources:\n    - {name: good, function: red_rlhf.data.toy:target_fraction, limit: 0.5}\n"
+                    "algo:\n  critic_init: policy\n")
+    with pytest.raises(ConfigError, match=r"reward.sources\[0\].limit applies to sources of kind 'cost'; 'good'"):
+        load_config(str(path))

@@ -66,3 +66,13 @@ def test_cli_names_the_step_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "red-rlhf train: error: step 1, phase 2-3 score + redistribute" in err
     assert "Traceback" not in err
+
+
+def test_ensure_finite_names_step_phase_tensor_and_rows():
+    from red_rlhf.training.guards import ensure_finite
+
+    kl = torch.zeros(3, 4)
+    ensure_finite(5, "4 KL-shape", kl=kl, values=None)  # finite: nothing happens
+    kl[2, 1] = float("inf")
+    with pytest.raises(NonFiniteError, match=r"step 5, phase 4 KL-shape: kl is NaN or infinite in row\(s\) \[2\]"):
+        ensure_finite(5, "4 KL-shape", kl=kl)

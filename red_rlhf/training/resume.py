@@ -209,7 +209,7 @@ def preflight(cfg: Config, resume: bool) -> None:
         raise ConfigError(f"train.output_dir {out} is a file, not a directory")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+        probe = out / f".write-test-{os.getpid()}"  # one per process: ranks probe at once
         probe.write_text("")
         probe.unlink()
     except OSError as err:
