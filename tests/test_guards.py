@@ -26,7 +26,7 @@ def test_rewards_that_overflow_stop_at_scoring_and_save_nothing(tmp_path):
     trainer = Trainer(toy(tmp_path / "inf", "--reward.function=tests.nan_reward:huge", "--reward.takes_prompt=false",
                           "--reward.score_scale=1e-30", "--reward.scheme=sparse"))
     before = weights(trainer.policy)
-    with pytest.raises(NonFiniteError, match=r"step 1, phase 2-3 score \+ redistribute: token_rewards is NaN or inf"):
+    with pytest.raises(NonFiniteError, match=r"step 1, phase rewards: token_rewards is NaN or inf"):
         trainer.train()
     assert all(torch.equal(before[n], p) for n, p in trainer.policy.named_parameters())
     assert checkpoint.latest(tmp_path / "inf", must_exist=False) is None
@@ -40,7 +40,7 @@ def test_a_nan_loss_stops_the_update_before_the_optimiser_step(tmp_path):
     exp = compute_advantages(cfg, ro, shaped)
     exp.advantages[1, 0] = float("nan")  # one bad token is enough
     policy0, critic0 = weights(trainer.policy), weights(trainer.critic)
-    with pytest.raises(NonFiniteError, match=r"step 7, phase 6 update, epoch 1, mini-batch 1: policy_loss = nan"):
+    with pytest.raises(NonFiniteError, match=r"step 7, phase update, epoch 1, mini-batch 1: policy_loss = nan"):
         update(cfg, exp, trainer.policy, trainer.critic, trainer.policy_opt, trainer.critic_opt, step=7)
     assert all(torch.equal(policy0[n], p) for n, p in trainer.policy.named_parameters())
     assert all(torch.equal(critic0[n], p) for n, p in trainer.critic.named_parameters())
@@ -53,7 +53,7 @@ def test_an_infinite_gradient_is_named(tmp_path):
     exp = compute_advantages(cfg, ro, torch.zeros_like(ro.logprobs))
     exp.returns[0, 0] = float("inf")  # the critic's target: an infinite value loss and gradient
     critic0 = weights(trainer.critic)
-    with pytest.raises(NonFiniteError, match=r"step 3, phase 6 update, epoch 1, mini-batch 1: value_loss = inf"):
+    with pytest.raises(NonFiniteError, match=r"step 3, phase update, epoch 1, mini-batch 1: value_loss = inf"):
         update(cfg, exp, trainer.policy, trainer.critic, trainer.policy_opt, trainer.critic_opt, step=3)
     assert all(torch.equal(critic0[n], p) for n, p in trainer.critic.named_parameters())
 
@@ -64,7 +64,7 @@ def test_cli_names_the_step_in_one_line(tmp_path, capsys):
     code = main(["train", "--config", "configs/toy.yaml", *SMALL, f"--train.output_dir={tmp_path / 'cli'}",
                  "--reward.function=tests.nan_reward:huge", "--reward.takes_prompt=false", "--reward.score_scale=1e-30", "--reward.scheme=sparse"])
     err = capsys.readouterr().err
-    assert code == 2 and "red-rlhf train: error: step 1, phase 2-3 score + redistribute" in err
+    assert code == 2 and "red-rlhf train: error: step 1, phase rewards: token_rewards" in err
     assert "Traceback" not in err
 
 
@@ -72,7 +72,7 @@ def test_ensure_finite_names_step_phase_tensor_and_rows():
     from red_rlhf.training.guards import ensure_finite
 
     kl = torch.zeros(3, 4)
-    ensure_finite(5, "4 KL-shape", kl=kl, values=None)  # finite: nothing happens
+    ensure_finite(5, "rewards", kl=kl, values=None)  # finite: nothing happens
     kl[2, 1] = float("inf")
-    with pytest.raises(NonFiniteError, match=r"step 5, phase 4 KL-shape: kl is NaN or infinite in row\(s\) \[2\]"):
-        ensure_finite(5, "4 KL-shape", kl=kl)
+    with pytest.raises(NonFiniteError, match=r"step 5, phase rewards: kl is NaN or infinite in row\(s\) \[2\]"):
+        ensure_finite(5, "rewards", kl=kl)

@@ -107,7 +107,7 @@ def update(cfg: Config, exp: Experience, policy, critic, policy_opt, critic_opt,
                     backward(vl)
                     mini_loss["value_loss"] += vl.item()
                     record("value_clip_fraction", vclip.item())
-            where = f"step {step}, phase 6 update, epoch {epoch_number}, mini-batch {mini_number}"
+            where = f"step {step}, phase update, epoch {epoch_number}, mini-batch {mini_number}"
             grad_norm = float(clip_grad(policy.parameters(), a.max_grad_norm))
             _check_finite(where, policy_loss=mini_loss["policy_loss"], policy_grad_norm=grad_norm)
             record("policy_grad_norm", grad_norm)

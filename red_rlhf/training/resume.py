@@ -39,8 +39,19 @@ RESUMABLE = {
 
 
 def flat_settings(settings: dict) -> dict[str, object]:
-    """{"algo": {"policy_lr": 1e-5}} -> {"algo.policy_lr": 1e-5}; lists (reward.sources) stay whole."""
-    return {f"{section}.{key}": value for section, values in settings.items() for key, value in values.items()}
+    """{"algo": {"policy_lr": 1e-5}} -> {"algo.policy_lr": 1e-5}. Lists of sections (reward.sources) are
+    flattened per item, "reward.sources[1].weight"; the one-source short form reads "reward.scheme"."""
+    out = {}
+    for section, values in settings.items():
+        for key, value in values.items():
+            if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+                short = section == "reward" and key == "sources" and len(value) == 1 and value[0].get("name") == "reward"
+                for i, item in enumerate(value):
+                    for name, v in item.items():
+                        out[f"{section}.{name}" if short else f"{section}.{key}[{i}].{name}"] = v
+            else:
+                out[f"{section}.{key}"] = value
+    return out
 
 
 def read_history(out: Path) -> list[dict]:
@@ -78,7 +89,9 @@ def settings_at(out: Path, step: int) -> dict | None:
 def changed_settings(before: dict, cfg: Config) -> dict[str, tuple[object, object]]:
     """{name: (old, new)} of every setting that differs between a recorded settings dict and cfg."""
     old, new = flat_settings(before), flat_settings(to_dict(cfg))
-    return {name: (old.get(name), value) for name, value in new.items() if name in old and old[name] != value}
+    absent = "(absent)"  # a source added or removed
+    return {name: (old.get(name, absent), new.get(name, absent)) for name in sorted(old.keys() | new.keys())
+            if old.get(name, absent) != new.get(name, absent)}
 
 
 def check_resume(cfg: Config, step: int) -> dict[str, tuple[object, object]]:
