@@ -234,8 +234,10 @@ def preflight(cfg: Config, resume: bool) -> None:
                           "train.output_dir")
     if cfg.policy.name_or_path != "toy":
         check_model_path(cfg.policy.name_or_path, "policy.name_or_path")
-    for i, source in enumerate(reward_sources(cfg)):
-        where = f"reward.sources[{i}]" if cfg.reward.sources else "reward"
+    sources = reward_sources(cfg)
+    short = len(sources) == 1 and sources[0].name == "reward"  # the one-source short form: reward.model, ...
+    for i, source in enumerate(sources):
+        where = "reward" if short else f"reward.sources[{i}]"
         if source.model is not None:
             check_model_path(source.model, f"{where}.model")
         if source.function is not None:  # a missing module or a syntax error, before the policy loads
