@@ -72,7 +72,7 @@ def test_score_single_pair_with_other_scheme(tiny_rm, capsys):
     "args, message",
     [
         (["--reward-model", "./no/such/model", "--prompt", "a", "--response", " b"], "path ./no/such/model does not exist"),
-        (["--prompt", "a", "--response", "  "], "response 1 is empty"),
+        (["--prompt", "a", "--response", ""], "response 1 is empty"),  # whitespace is scored (test_cli_errors)
         (["--input", "missing.jsonl"], "input file missing.jsonl does not exist"),
         (["--prompt", "a"], "give --prompt and --response"),
     ],

@@ -7,25 +7,37 @@ from pathlib import Path
 import torch
 
 from red_rlhf.config import ConfigError, DataConfig
-from red_rlhf.data.jsonl import read_records
+from red_rlhf.data.jsonl import numbered_records
 
 
 def read_prompts(path: str, field: str = "data.prompts") -> list[str]:
     """Prompts from a .txt file (one a line) or a .jsonl file (field "prompt"); "toy" gives the toy prompts."""
+    return [prompt for _, prompt in read_prompt_lines(path, field)]
+
+
+def read_prompt_lines(path: str, field: str = "data.prompts") -> list[tuple[int, str]]:
+    """(line number, prompt) pairs of a prompt file (blank lines skipped); the toy prompts count from 1."""
     if path == "toy":
         from red_rlhf.data.toy import PROMPTS
 
-        return list(PROMPTS)
+        return list(enumerate(PROMPTS, start=1))
     file = Path(path).expanduser()
+    if file.is_dir():
+        raise ConfigError(f"{field}: {path} is a directory, not a prompt file (.txt or .jsonl)")
     if not file.is_file():
         raise ConfigError(f"{field}: prompt file {path} does not exist")
     if file.suffix == ".jsonl":
         try:
-            prompts = [r["prompt"] for r in read_records(file, ("prompt",))]
+            prompts = [(number, r["prompt"]) for number, r in numbered_records(file, ("prompt",))]
         except ValueError as err:
             raise ConfigError(f"{field}: {err}") from err
     else:
-        prompts = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            text = file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            line = file.read_bytes()[: err.start].count(b"\n") + 1
+            raise ConfigError(f"{field}: {path}, line {line}: not UTF-8 text ({err.reason})") from None
+        prompts = [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
     if not prompts:
         raise ConfigError(f"{field}: {path} holds no prompts")
     return prompts

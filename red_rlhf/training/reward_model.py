@@ -275,7 +275,7 @@ def fit_reward_model(model, tokenizer, train: list[PreferencePair], held_out: li
                      head_iterations: int = 400) -> dict[str, float]:
     """Bradley-Terry training with a progress bar: the score head alone on frozen features (`train_score_head`),
     or the trainable weights (`train_reward_model`). The one entry point of `red-rlhf train-rm` and the demo."""
-    from rich.progress import Progress
+    from red_rlhf.progress import Progress  # plain lines when output is not a terminal
 
     with Progress() as bar:
         if head_only:
