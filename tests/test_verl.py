@@ -1,0 +1,215 @@
+"""RED token rewards inside verl, on CPU, with verl's own code (loader, reward-loop worker, KL penalty, GAE).
+
+Skipped when verl is not installed (`make verl` installs it into .venv; CI does).
+"""
+
+import asyncio
+
+import pytest
+import torch
+
+verl = pytest.importorskip("verl", reason="verl is not installed: run `make verl` (README 'Scaling out on verl')")
+
+from omegaconf import OmegaConf, open_dict  # noqa: E402  (verl's dependency)
+from tensordict import TensorDict  # noqa: E402
+from verl import DataProto  # noqa: E402
+from verl.experimental.reward_loop.reward_loop import RewardLoopWorker, migrate_legacy_reward_impl  # noqa: E402
+from verl.trainer.config import AlgoConfig  # noqa: E402
+from verl.trainer.ppo.core_algos import AdvantageEstimator, FixedKLController  # noqa: E402
+from verl.trainer.ppo.ray_trainer import apply_kl_penalty, compute_advantage  # noqa: E402
+from verl.trainer.ppo.reward import load_reward_manager, resolve_reward_manager_cls  # noqa: E402
+
+import red_rlhf.integrations.verl as red_verl  # noqa: E402
+from red_rlhf.config import ConfigError  # noqa: E402
+from red_rlhf.models.scorer import TokenRewardScorer  # noqa: E402
+from red_rlhf.models.sources import HFRewardModel  # noqa: E402
+from red_rlhf.models.tiny import save_tiny_reward_model, tiny_tokenizer  # noqa: E402
+
+PROMPTS = ["The movie was", "Hello world, how are you", "What a delightful"]
+RESPONSES = [" good and the acting was great.", " fine, thank you.", " surprise: funny, warm"]
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+    """A reward model and two policy tokenizers on disk, as verl loads them (pad == eos in both policies)."""
+    root = tmp_path_factory.mktemp("verl")
+    rm = save_tiny_reward_model(root / "rm", arch="gpt2", seed=1)
+    same = root / "policy-same"
+    tiny_tokenizer("gpt2", pad_equals_eos=True).save_pretrained(same)  # the reward model's vocabulary
+    other = root / "policy-other"
+    tiny_tokenizer("gpt2", vocab_size=290, pad_equals_eos=True).save_pretrained(other)  # other merges
+    return {"rm": str(rm), "same": str(same), "other": str(other)}
+
+
+def verl_config(policy: str, rm: str, *, estimator: str = "gae", **reward_kwargs):
+    """verl's own default PPO config (the generated ppo_trainer.yaml, legacy keys migrated) set up for RED."""
+    import verl.trainer.config as config_dir
+
+    path = config_dir.__path__[0] + "/_generated_ppo_trainer.yaml"
+    config = migrate_legacy_reward_impl(OmegaConf.load(path))
+    with open_dict(config):
+        config.actor_rollout_ref.model.path = policy
+        config.algorithm.adv_estimator = estimator
+        reward = config.reward
+        reward.reward_manager.source = "importlib"
+        reward.reward_manager.name = "REDRewardManager"
+        reward.reward_manager.module.path = "pkg://red_rlhf.integrations.verl"
+        reward.reward_model.enable = True
+        reward.reward_model.enable_resource_pool = False
+        reward.reward_model.model_path = rm
+        reward.custom_reward_function.path = "pkg://red_rlhf.integrations.verl"
+        reward.custom_reward_function.name = "compute_score"
+        reward.reward_kwargs = {"model": rm, "device": "cpu", **reward_kwargs}
+    return config
+
+
+def verl_batch(tok, prompts, responses, *, response_length: int = 12, eos: bool = True) -> DataProto:
+    """A DataProto laid out as verl's agent loop lays it: left-padded prompts, right-padded responses, pad == eos."""
+    assert tok.pad_token_id == tok.eos_token_id
+    prompt_rows = [tok(p).input_ids for p in prompts]
+    response_rows = [(tok(r).input_ids + [tok.eos_token_id] * eos)[:response_length] for r in responses]
+    width = max(map(len, prompt_rows))
+    prompt_ids = torch.full((len(prompts), width), tok.pad_token_id)
+    response_ids = torch.full((len(prompts), response_length), tok.pad_token_id)
+    attention = torch.zeros((len(prompts), width + response_length), dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompt_rows, response_rows)):
+        prompt_ids[i, width - len(p):], attention[i, width - len(p): width] = torch.tensor(p), 1
+        response_ids[i, : len(r)], attention[i, width: width + len(r)] = torch.tensor(r), 1
+    input_ids = torch.cat([prompt_ids, response_ids], dim=1)
+    batch = TensorDict({
+        "prompts": prompt_ids, "responses": response_ids, "input_ids": input_ids, "attention_mask": attention,
+        "response_mask": attention[:, width:].clone(), "position_ids": (attention.cumsum(-1) - 1).clamp(min=0),
+    }, batch_size=len(prompts))
+    return DataProto(batch=batch)
+
+
+def rm_scores_through_verl(config, data: DataProto) -> torch.Tensor:
+    """What verl's colocated reward step does: a RewardLoopWorker scores the rows, the manager class assembles."""
+    worker = RewardLoopWorker(config)  # loads the policy tokenizer and the manager through load_reward_manager
+    outputs = asyncio.run(worker.compute_score_batch(data))
+    return resolve_reward_manager_cls(config).assemble_rm_scores(data, [o["reward_score"] for o in outputs]), outputs
+
+
+def scorer_rows(rm_path, policy_path, prompts, texts, **kw):
+    from transformers import AutoTokenizer
+
+    source = HFRewardModel.from_pretrained(rm_path)
+    return TokenRewardScorer(source, policy_tokenizer=AutoTokenizer.from_pretrained(policy_path), **kw).score(prompts, texts)
+
+
+@pytest.mark.parametrize("policy", ["same", "other"])
+def test_rows_equal_red_rlhf_scorer_and_sum_to_score_difference(paths, policy):
+    config = verl_config(paths[policy], paths["rm"])
+    manager = load_reward_manager(config, tiny_tokenizer("gpt2", pad_equals_eos=True))
+    assert isinstance(manager, red_verl.REDRewardManager)
+    tok = manager.tokenizer if policy == "same" else tiny_tokenizer("gpt2", vocab_size=290, pad_equals_eos=True)
+    data = verl_batch(tok, PROMPTS, RESPONSES, response_length=24)
+    rm_scores, outputs = rm_scores_through_verl(config, data)
+    assert rm_scores.shape == data.batch["responses"].shape
+    expected = scorer_rows(paths["rm"], paths[policy], PROMPTS, [r + tok.eos_token for r in RESPONSES])
+    for i, scored in enumerate(expected):
+        n = len(scored.rewards)
+        assert int(data.batch["attention_mask"][i, data.batch["prompts"].shape[1]:].sum()) == n
+        torch.testing.assert_close(rm_scores[i, :n], torch.tensor(scored.rewards, dtype=torch.float32))
+        assert rm_scores[i, n:].abs().sum() == 0  # nothing on padding, though pad == eos
+        torch.testing.assert_close(rm_scores[i].sum().double(),
+                                   torch.tensor(scored.final_score - scored.prompt_score, dtype=torch.float64),
+                                   atol=1e-5, rtol=0)
+        assert outputs[i]["reward_extra_info"]["red_score"] == pytest.approx(scored.final_score, abs=1e-6)
+
+
+def test_response_without_eos_and_missing_eos_penalty(paths):
+    tok = tiny_tokenizer("gpt2", pad_equals_eos=True)
+    responses = [" good and the acting was great.", " fine."]  # 9 and 2 tokens: the first is cut at 6, without EOS
+    data = verl_batch(tok, PROMPTS[:2], responses, response_length=6)
+    plain, _ = rm_scores_through_verl(verl_config(paths["same"], paths["rm"]), data)
+    penalised, _ = rm_scores_through_verl(verl_config(paths["same"], paths["rm"], missing_eos_penalty=2.0), data)
+    texts = [tok.decode(tok(responses[0]).input_ids[:6]), responses[1] + tok.eos_token]
+    for i, scored in enumerate(scorer_rows(paths["rm"], paths["same"], PROMPTS[:2], texts)):
+        n = len(scored.rewards)
+        assert n == [6, 3][i]
+        torch.testing.assert_close(plain[i, :n], torch.tensor(scored.rewards, dtype=torch.float32))
+        torch.testing.assert_close(plain[i].sum().double(), torch.tensor(scored.final_score - scored.prompt_score,
+                                                                         dtype=torch.float64), atol=1e-5, rtol=0)
+    expected = torch.zeros_like(plain)
+    expected[0, 5] = -2.0  # only the cut row, on its last token; the row that ended with EOS is untouched
+    torch.testing.assert_close(penalised - plain, expected)
+
+
+def test_verl_kl_penalty_and_gae_on_red_rewards(paths):
+    tok = tiny_tokenizer("gpt2", pad_equals_eos=True)
+    data = verl_batch(tok, PROMPTS, RESPONSES, response_length=16)
+    rm_scores, _ = rm_scores_through_verl(verl_config(paths["same"], paths["rm"]), data)
+    mask = data.batch["response_mask"].float()  # (B, R)
+    torch.manual_seed(0)
+    old_log_probs, ref_log_prob = -torch.rand(mask.shape), -torch.rand(mask.shape)
+    data.batch["token_level_scores"] = rm_scores
+    data.batch["old_log_probs"], data.batch["ref_log_prob"] = old_log_probs, ref_log_prob
+    data.batch["values"] = torch.zeros(mask.shape)
+    data, _ = apply_kl_penalty(data, FixedKLController(kl_coef=0.1), kl_penalty="kl")
+    rewards = data.batch["token_level_rewards"]
+    torch.testing.assert_close(rewards, rm_scores - 0.1 * (old_log_probs - ref_log_prob) * mask)
+    data = compute_advantage(data, AdvantageEstimator.GAE, gamma=1.0, lam=1.0, config=AlgoConfig())
+    # values 0, gamma = lam = 1: GAE's returns are the reward-to-go of each token, so RED's per-token credit survives
+    to_go = (rewards * mask).flip(-1).cumsum(-1).flip(-1) * mask
+    torch.testing.assert_close(data.batch["returns"] * mask, to_go)
+    assert not torch.allclose(to_go[:, 0:1].expand_as(to_go) * mask, to_go)  # returns vary within a row (not sparse)
+
+
+def test_whole_chunk_is_one_batch_scored_off_the_event_loop(paths, monkeypatch):
+    config = verl_config(paths["same"], paths["rm"])
+    worker = RewardLoopWorker(config)
+    calls = []
+    original = red_verl.REDRewardManager.score_rows
+
+    def spy(self, rows):
+        import threading
+
+        calls.append((len(rows), threading.current_thread().name))
+        return original(self, rows)
+
+    monkeypatch.setattr(red_verl.REDRewardManager, "score_rows", spy)
+    data = verl_batch(tiny_tokenizer("gpt2", pad_equals_eos=True), PROMPTS, RESPONSES)
+    asyncio.run(worker.compute_score_batch(data))
+    assert [n for n, _ in calls] == [len(PROMPTS)]
+    assert calls[0][1].startswith("red-reward")
+
+
+def test_sources_load_once_per_process(paths):
+    config = verl_config(paths["same"], paths["rm"], scheme="sparse")
+    tok = tiny_tokenizer("gpt2", pad_equals_eos=True)
+    first, second = load_reward_manager(config, tok), load_reward_manager(config, tok)
+    assert first.sources is second.sources
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"reward.reward_model.enable": False}, "streaming route"),
+    ({"reward.reward_model.enable_resource_pool": True}, "streaming route"),
+    ({"reward.custom_reward_function.path": None}, "reward.custom_reward_function.path is not set"),
+    ({"algorithm.adv_estimator": "grpo"}, "use algorithm.adv_estimator=gae"),
+    ({"algorithm.adv_estimator": "rloo"}, "reinforce_plus_plus"),
+    ({"algorithm.adv_estimator": "my_estimator"}, "reward.reward_kwargs.allow_estimator=my_estimator"),
+    ({"reward.reward_kwargs.sheme": "red"}, "unknown config key reward.reward_kwargs.sheme"),
+    ({"reward.reward_kwargs.scheme": "dense"}, "reward.reward_kwargs.scheme must be one of"),
+    ({"reward.reward_kwargs.beta_c": 2.0}, "reward.reward_kwargs.beta_c must be in [0, 1]"),
+    ({"reward.reward_kwargs.device": "gpu"}, "reward.reward_kwargs.device must be"),
+])
+def test_refusals_name_the_key(paths, change, message):
+    config = verl_config(paths["same"], paths["rm"])
+    with open_dict(config):
+        for key, value in change.items():
+            OmegaConf.update(config, key, value, force_add=True)
+    with pytest.raises(ConfigError) as err:
+        load_reward_manager(config, tiny_tokenizer("gpt2", pad_equals_eos=True))
+    assert message in str(err.value)
+
+
+def test_custom_estimator_allowed_by_name(paths):
+    config = verl_config(paths["same"], paths["rm"], estimator="my_estimator", allow_estimator="my_estimator")
+    assert isinstance(load_reward_manager(config, tiny_tokenizer("gpt2", pad_equals_eos=True)), red_verl.REDRewardManager)
+
+
+def test_float_rows_are_refused_by_assembly(paths):
+    data = verl_batch(tiny_tokenizer("gpt2", pad_equals_eos=True), PROMPTS, RESPONSES)
+    with pytest.raises(TypeError, match="one reward per response token"):
+        red_verl.REDRewardManager.assemble_rm_scores(data, [1.0, 2.0, 3.0])
