@@ -5,6 +5,7 @@ Skipped when verl is not installed (`make verl` installs it into .venv; CI does)
 
 import asyncio
 
+import numpy as np
 import pytest
 import torch
 
@@ -63,8 +64,14 @@ def verl_config(policy: str, rm: str, *, estimator: str = "gae", **reward_kwargs
     return config
 
 
-def verl_batch(tok, prompts, responses, *, response_length: int = 12, eos: bool = True) -> DataProto:
-    """A DataProto laid out as verl's agent loop lays it: left-padded prompts, right-padded responses, pad == eos."""
+def verl_batch(tok, prompts, responses, *, response_length: int = 12, eos: bool = True, layout: str = "v0",
+               raw_prompts=None) -> DataProto:
+    """A DataProto laid out as verl 0.9.1 hands it to the reward step, pad == eos, right-padded responses.
+
+    layout "v0": left-padded prompts with response_mask, input_ids, position_ids (agent_loop.py `_postprocess`);
+    "v1": right-padded prompts, only prompts / responses / attention_mask and raw_prompt (the default trainer's
+    trainer/ppo/v1/trainer_base.py `_compute_reward_colocate`).
+    """
     assert tok.pad_token_id == tok.eos_token_id
     prompt_rows = [tok(p).input_ids for p in prompts]
     response_rows = [(tok(r).input_ids + [tok.eos_token_id] * eos)[:response_length] for r in responses]
@@ -73,14 +80,17 @@ def verl_batch(tok, prompts, responses, *, response_length: int = 12, eos: bool 
     response_ids = torch.full((len(prompts), response_length), tok.pad_token_id)
     attention = torch.zeros((len(prompts), width + response_length), dtype=torch.long)
     for i, (p, r) in enumerate(zip(prompt_rows, response_rows)):
-        prompt_ids[i, width - len(p):], attention[i, width - len(p): width] = torch.tensor(p), 1
+        start = width - len(p) if layout == "v0" else 0
+        prompt_ids[i, start: start + len(p)], attention[i, start: start + len(p)] = torch.tensor(p), 1
         response_ids[i, : len(r)], attention[i, width: width + len(r)] = torch.tensor(r), 1
-    input_ids = torch.cat([prompt_ids, response_ids], dim=1)
-    batch = TensorDict({
-        "prompts": prompt_ids, "responses": response_ids, "input_ids": input_ids, "attention_mask": attention,
-        "response_mask": attention[:, width:].clone(), "position_ids": (attention.cumsum(-1) - 1).clamp(min=0),
-    }, batch_size=len(prompts))
-    return DataProto(batch=batch)
+    fields = {"prompts": prompt_ids, "responses": response_ids, "attention_mask": attention}
+    if layout == "v0":
+        fields.update(input_ids=torch.cat([prompt_ids, response_ids], dim=1), response_mask=attention[:, width:].clone(),
+                      position_ids=(attention.cumsum(-1) - 1).clamp(min=0))
+    chats = [[{"role": "user", "content": p}] for p in (raw_prompts or prompts)]
+    raw = np.empty(len(chats), dtype=object)
+    raw[:] = chats
+    return DataProto(batch=TensorDict(fields, batch_size=len(prompts)), non_tensor_batch={"raw_prompt": raw})
 
 
 def rm_scores_through_verl(config, data: DataProto) -> torch.Tensor:
@@ -97,13 +107,13 @@ def scorer_rows(rm_path, policy_path, prompts, texts, **kw):
     return TokenRewardScorer(source, policy_tokenizer=AutoTokenizer.from_pretrained(policy_path), **kw).score(prompts, texts)
 
 
-@pytest.mark.parametrize("policy", ["same", "other"])
-def test_rows_equal_red_rlhf_scorer_and_sum_to_score_difference(paths, policy):
+@pytest.mark.parametrize("policy, layout", [("same", "v0"), ("other", "v0"), ("same", "v1"), ("other", "v1")])
+def test_rows_equal_red_rlhf_scorer_and_sum_to_score_difference(paths, policy, layout):
     config = verl_config(paths[policy], paths["rm"])
     manager = load_reward_manager(config, tiny_tokenizer("gpt2", pad_equals_eos=True))
     assert isinstance(manager, red_verl.REDRewardManager)
     tok = manager.tokenizer if policy == "same" else tiny_tokenizer("gpt2", vocab_size=290, pad_equals_eos=True)
-    data = verl_batch(tok, PROMPTS, RESPONSES, response_length=24)
+    data = verl_batch(tok, PROMPTS, RESPONSES, response_length=24, layout=layout)
     rm_scores, outputs = rm_scores_through_verl(config, data)
     assert rm_scores.shape == data.batch["responses"].shape
     expected = scorer_rows(paths["rm"], paths[policy], PROMPTS, [r + tok.eos_token for r in RESPONSES])
@@ -134,6 +144,18 @@ def test_response_without_eos_and_missing_eos_penalty(paths):
     expected = torch.zeros_like(plain)
     expected[0, 5] = -2.0  # only the cut row, on its last token; the row that ended with EOS is untouched
     torch.testing.assert_close(penalised - plain, expected)
+
+
+def test_prompt_text_last_user_reads_raw_prompt(paths):
+    tok = tiny_tokenizer("gpt2", pad_equals_eos=True)
+    rendered = ["User: " + p + "\nAssistant:" for p in PROMPTS]  # the policy's own rendering of the chat
+    data = verl_batch(tok, rendered, RESPONSES, response_length=24, raw_prompts=PROMPTS)
+    rm_scores, _ = rm_scores_through_verl(verl_config(paths["same"], paths["rm"], prompt_text="last_user"), data)
+    texts = [r + tok.eos_token for r in RESPONSES]
+    for i, scored in enumerate(scorer_rows(paths["rm"], paths["same"], PROMPTS, texts)):
+        torch.testing.assert_close(rm_scores[i, : len(scored.rewards)], torch.tensor(scored.rewards, dtype=torch.float32))
+    decoded, _ = rm_scores_through_verl(verl_config(paths["same"], paths["rm"]), data)
+    assert not torch.allclose(decoded, rm_scores)  # the default reads the rendered prompt instead
 
 
 def test_verl_kl_penalty_and_gae_on_red_rewards(paths):

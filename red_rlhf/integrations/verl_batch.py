@@ -1,13 +1,16 @@
 """verl's one-row DataProtos -> one batch of policy ids and masks, as red_rlhf's reward sources read them.
 
-verl lays a row out as (verl 0.9.1 experimental/agent_loop/agent_loop.py `_postprocess`):
+verl 0.9.1 hands the reward step a row in one of two layouts:
 
-    prompts         (1, P)      left-padded prompt ids
+    prompts         (1, P)      prompt ids, LEFT-padded by the v0 trainer (agent_loop.py `_postprocess`) and
+                                RIGHT-padded by the default v1 trainer (trainer/ppo/v1/trainer_base.py
+                                `_compute_reward_colocate`, `_lengths_to_mask`)
     responses       (1, R)      right-padded response ids (EOS included when generation stopped on it)
     attention_mask  (1, P + R)  1 on real prompt and response tokens
-    response_mask   (1, R)      1 on tokens the policy generated (0 on tool output in multi-turn rollouts)
+    response_mask   (1, R)      v0 only: 1 on tokens the policy generated (0 on tool output in multi-turn rollouts)
 
-The pad id may equal the EOS id (Qwen, Llama), so masks come from attention_mask, never from `ids != pad`.
+Both prompt layouts are read (the real tokens must form one block). The pad id may equal the EOS id (Qwen,
+Llama), so masks come from attention_mask, never from `ids != pad`.
 """
 
 from __future__ import annotations
@@ -29,15 +32,15 @@ class RowBatch:
     plain_prompts: bool  # prompt text == the policy's prompt ids decoded
 
 
-def _one_block(mask: torch.Tensor, row: int, what: str, at_end: bool) -> int:
-    """Length of the single block of ones in a 1-D mask, which must sit at its end (left padding) or start."""
-    n = int(mask.sum())
-    positions = torch.arange(mask.numel())
-    expected = positions >= mask.numel() - n if at_end else positions < n
-    if not torch.equal(mask.bool(), expected):
-        side = "left-padded (ones at the end)" if at_end else "right-padded (ones at the start)"
-        raise ValueError(f"row {row}: the {what} part of attention_mask is not {side}: {mask.tolist()}")
-    return n
+def _block(mask: torch.Tensor, row: int, what: str, sides: tuple[str, ...]) -> slice:
+    """Where the single block of ones of a 1-D mask lies; it must touch one of `sides` ("left"/"right")."""
+    n, width = int(mask.sum()), mask.numel()
+    positions = torch.arange(width)
+    for side in sides:
+        block = slice(0, n) if side == "right" else slice(width - n, width)  # right padding: ones first
+        if torch.equal(mask.bool(), (positions >= block.start) & (positions < block.stop)):
+            return block
+    raise ValueError(f"row {row}: the {what} part of attention_mask is not {' or '.join(sides)}-padded: {mask.tolist()}")
 
 
 def _last_user_message(non_tensor: dict, row: int) -> str:
@@ -57,8 +60,8 @@ def rows_to_batch(rows, tokenizer, prompt_text: str = "decoded") -> RowBatch:
     for i, data in enumerate(rows):
         prompt, response = data.batch["prompts"][0], data.batch["responses"][0]  # (P,), (R,)
         attention = data.batch["attention_mask"][0]  # (P + R,)
-        p = _one_block(attention[: prompt.numel()], i, "prompt", at_end=True)
-        r = _one_block(attention[prompt.numel():], i, "response", at_end=False)
+        p = _block(attention[: prompt.numel()], i, "prompt", ("left", "right"))
+        r = _block(attention[prompt.numel():], i, "response", ("right",)).stop
         if r == 0:
             raise ValueError(f"row {i}: the response is empty (no attended response token); there is nothing to reward")
         if "response_mask" in data.batch.keys() and not torch.equal(data.batch["response_mask"][0][:r].bool(),
@@ -66,7 +69,7 @@ def rows_to_batch(rows, tokenizer, prompt_text: str = "decoded") -> RowBatch:
             raise ValueError(f"row {i}: the response holds tokens the policy did not generate (tool output, "
                              "response_mask 0): verl's estimators skip those positions, so their RED rewards would be "
                              "lost; multi-turn tool rollouts are not supported by REDRewardManager")
-        prompt_ids, response_ids = prompt[prompt.numel() - p:], response[:r]
+        prompt_ids, response_ids = prompt[p], response[:r]
         if prompt_text == "last_user":
             prompts.append(_last_user_message(data.non_tensor_batch, i))
         else:
