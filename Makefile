@@ -31,7 +31,7 @@ verl: $(VERL_STAMP)
 $(VERL_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test,verl]"
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(VERL)
-	$(BIN)/python -c "import verl.trainer.ppo.ray_trainer, red_rlhf.integrations.verl"
+	$(BIN)/python -W ignore -c "import verl.trainer.ppo.ray_trainer, red_rlhf.integrations.verl"
 	touch $(VERL_STAMP)
 
 demo: $(STAMP)

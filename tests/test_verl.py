@@ -235,3 +235,57 @@ def test_float_rows_are_refused_by_assembly(paths):
     data = verl_batch(tiny_tokenizer("gpt2", pad_equals_eos=True), PROMPTS, RESPONSES)
     with pytest.raises(TypeError, match="one reward per response token"):
         red_verl.REDRewardManager.assemble_rm_scores(data, [1.0, 2.0, 3.0])
+
+
+@pytest.fixture(scope="module")
+def tiny_policy_dir(paths, tmp_path_factory):
+    """A tiny causal LM with the pad == eos policy tokenizer: what verl's config checks load as a policy/critic."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    out = tmp_path_factory.mktemp("verl-policy")
+    tok = AutoTokenizer.from_pretrained(paths["same"])
+    config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, bos_token_id=tok.eos_token_id,
+                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    GPT2LMHeadModel(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+def test_recipe_composes_and_passes_the_checks(paths, tiny_policy_dir):
+    """examples/verl/red_ppo.yaml through verl's Hydra config and validate_config, model paths swapped for tiny ones."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    recipe = Path(__file__).resolve().parents[1] / "examples" / "verl"
+    with initialize_config_dir(config_dir=str(recipe), version_base=None):
+        config = compose(config_name="red_ppo", overrides=[
+            f"actor_rollout_ref.model.path={tiny_policy_dir}", f"critic.model.path={tiny_policy_dir}",
+            f"reward.reward_model.model_path={paths['rm']}", f"reward.reward_kwargs.model={paths['rm']}",
+            "reward.reward_kwargs.device=cpu"])
+    assert need_critic(config) and need_reference_policy(config)  # GAE's critic; the reference for verl's KL
+    validate_config(config=config, use_reference_policy=True, use_critic=True)
+    manager = load_reward_manager(config, tiny_tokenizer("gpt2", pad_equals_eos=True))
+    assert isinstance(manager, red_verl.REDRewardManager) and manager.settings.prompt_text == "last_user"
+
+
+def test_prepared_prompts_load_in_verl_dataset(paths, tmp_path):
+    import sys
+    from pathlib import Path
+
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "verl"))
+    try:
+        from prepare_prompts import write_splits
+    finally:
+        sys.path.pop(0)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("first prompt\nsecond prompt\nthird prompt\n", encoding="utf-8")
+    train, val = write_splits(str(prompts), tmp_path / "out", val_size=1)
+    dataset = RLHFDataset(str(train), tiny_tokenizer("gpt2", chat=True),  # a chat policy: the length filter renders it
+                          OmegaConf.create({"cache_dir": str(tmp_path / "cache"), "return_raw_chat": True}))
+    assert len(dataset) == 2
+    assert dataset[1]["raw_prompt"] == [{"role": "user", "content": "second prompt"}]
