@@ -5,22 +5,21 @@ Skipped when verl is not installed (`make verl` installs it into .venv; CI does)
 
 import asyncio
 
-import numpy as np
 import pytest
 import torch
 
 verl = pytest.importorskip("verl", reason="verl is not installed: run `make verl` (README 'Scaling out on verl')")
 
 from omegaconf import OmegaConf, open_dict  # noqa: E402  (verl's dependency)
-from tensordict import TensorDict  # noqa: E402
 from verl import DataProto  # noqa: E402
-from verl.experimental.reward_loop.reward_loop import RewardLoopWorker, migrate_legacy_reward_impl  # noqa: E402
+from verl.experimental.reward_loop.reward_loop import RewardLoopWorker  # noqa: E402
 from verl.trainer.config import AlgoConfig  # noqa: E402
 from verl.trainer.ppo.core_algos import AdvantageEstimator, FixedKLController  # noqa: E402
 from verl.trainer.ppo.ray_trainer import apply_kl_penalty, compute_advantage  # noqa: E402
-from verl.trainer.ppo.reward import load_reward_manager, resolve_reward_manager_cls  # noqa: E402
+from verl.trainer.ppo.reward import load_reward_manager  # noqa: E402
 
 import red_rlhf.integrations.verl as red_verl  # noqa: E402
+from red_rlhf.integrations.verl_check import main as verl_check_main, red_config, rm_scores_through_verl, verl_layout  # noqa: E402
 from red_rlhf.config import ConfigError  # noqa: E402
 from red_rlhf.models.scorer import TokenRewardScorer  # noqa: E402
 from red_rlhf.models.sources import HFRewardModel  # noqa: E402
@@ -43,61 +42,16 @@ def paths(tmp_path_factory):
 
 
 def verl_config(policy: str, rm: str, *, estimator: str = "gae", **reward_kwargs):
-    """verl's own default PPO config (the generated ppo_trainer.yaml, legacy keys migrated) set up for RED."""
-    import verl.trainer.config as config_dir
-
-    path = config_dir.__path__[0] + "/_generated_ppo_trainer.yaml"
-    config = migrate_legacy_reward_impl(OmegaConf.load(path))
-    with open_dict(config):
-        config.actor_rollout_ref.model.path = policy
-        config.algorithm.adv_estimator = estimator
-        reward = config.reward
-        reward.reward_manager.source = "importlib"
-        reward.reward_manager.name = "REDRewardManager"
-        reward.reward_manager.module.path = "pkg://red_rlhf.integrations.verl"
-        reward.reward_model.enable = True
-        reward.reward_model.enable_resource_pool = False
-        reward.reward_model.model_path = rm
-        reward.custom_reward_function.path = "pkg://red_rlhf.integrations.verl"
-        reward.custom_reward_function.name = "compute_score"
-        reward.reward_kwargs = {"model": rm, "device": "cpu", **reward_kwargs}
-    return config
+    return red_config(policy, rm, estimator=estimator, **reward_kwargs)
 
 
 def verl_batch(tok, prompts, responses, *, response_length: int = 12, eos: bool = True, layout: str = "v0",
                raw_prompts=None) -> DataProto:
-    """A DataProto laid out as verl 0.9.1 hands it to the reward step, pad == eos, right-padded responses.
-
-    layout "v0": left-padded prompts with response_mask, input_ids, position_ids (agent_loop.py `_postprocess`);
-    "v1": right-padded prompts, only prompts / responses / attention_mask and raw_prompt (the default trainer's
-    trainer/ppo/v1/trainer_base.py `_compute_reward_colocate`).
-    """
+    """Texts laid out as verl hands them to the reward step (see verl_layout), pad == eos."""
     assert tok.pad_token_id == tok.eos_token_id
-    prompt_rows = [tok(p).input_ids for p in prompts]
-    response_rows = [(tok(r).input_ids + [tok.eos_token_id] * eos)[:response_length] for r in responses]
-    width = max(map(len, prompt_rows))
-    prompt_ids = torch.full((len(prompts), width), tok.pad_token_id)
-    response_ids = torch.full((len(prompts), response_length), tok.pad_token_id)
-    attention = torch.zeros((len(prompts), width + response_length), dtype=torch.long)
-    for i, (p, r) in enumerate(zip(prompt_rows, response_rows)):
-        start = width - len(p) if layout == "v0" else 0
-        prompt_ids[i, start: start + len(p)], attention[i, start: start + len(p)] = torch.tensor(p), 1
-        response_ids[i, : len(r)], attention[i, width: width + len(r)] = torch.tensor(r), 1
-    fields = {"prompts": prompt_ids, "responses": response_ids, "attention_mask": attention}
-    if layout == "v0":
-        fields.update(input_ids=torch.cat([prompt_ids, response_ids], dim=1), response_mask=attention[:, width:].clone(),
-                      position_ids=(attention.cumsum(-1) - 1).clamp(min=0))
-    chats = [[{"role": "user", "content": p}] for p in (raw_prompts or prompts)]
-    raw = np.empty(len(chats), dtype=object)
-    raw[:] = chats
-    return DataProto(batch=TensorDict(fields, batch_size=len(prompts)), non_tensor_batch={"raw_prompt": raw})
-
-
-def rm_scores_through_verl(config, data: DataProto) -> torch.Tensor:
-    """What verl's colocated reward step does: a RewardLoopWorker scores the rows, the manager class assembles."""
-    worker = RewardLoopWorker(config)  # loads the policy tokenizer and the manager through load_reward_manager
-    outputs = asyncio.run(worker.compute_score_batch(data))
-    return resolve_reward_manager_cls(config).assemble_rm_scores(data, [o["reward_score"] for o in outputs]), outputs
+    response_rows = [tok(r).input_ids + [tok.eos_token_id] * eos for r in responses]
+    return verl_layout([tok(p).input_ids for p in prompts], response_rows, tok.pad_token_id, response_length, layout,
+                       raw_prompts or prompts)
 
 
 def scorer_rows(rm_path, policy_path, prompts, texts, **kw):
@@ -289,3 +243,15 @@ def test_prepared_prompts_load_in_verl_dataset(paths, tmp_path):
                           OmegaConf.create({"cache_dir": str(tmp_path / "cache"), "return_raw_chat": True}))
     assert len(dataset) == 2
     assert dataset[1]["raw_prompt"] == [{"role": "user", "content": "second prompt"}]
+
+
+def test_verl_check_prints_the_scorers_row_and_verls_returns(paths, capsys):
+    verl_check_main(["--reward-model", paths["rm"], "--policy-tokenizer", paths["same"], "--prompt", PROMPTS[0],
+                     "--response", RESPONSES[0]])
+    lines = capsys.readouterr().out.splitlines()
+    table = [line.split() for line in lines[2:]]
+    rewards, returns = [float(r[-3]) for r in table], [float(r[-2]) for r in table]
+    tok = tiny_tokenizer("gpt2", pad_equals_eos=True)
+    [scored] = scorer_rows(paths["rm"], paths["same"], PROMPTS[:1], [RESPONSES[0] + tok.eos_token])
+    assert rewards == pytest.approx(scored.rewards, abs=1e-4)
+    assert returns == pytest.approx([sum(scored.rewards[t:]) for t in range(len(scored.rewards))], abs=1e-3)
