@@ -90,7 +90,7 @@ def main() -> None:
         save_reward_model(Path(tmp), args.size, tok)
         settings = read_settings({"model": tmp, "device": args.device, "format": "concat"})
         sources = load_sources(settings)
-        device = next(sources[0][1].model.parameters()).device
+        device = next(sources[0].reward.model.parameters()).device
         rows = make_rows(tok, args.rows, args.prompt_len, args.response_len)
         batch = rows_to_batch(rows, tok)
 
@@ -116,7 +116,7 @@ def main() -> None:
             width = on_cpu.rewards.shape[1]
             cpu_diff = float((on_cpu.rewards - scored.rewards[: args.check_rows, :width]).abs().max())
     per_batch = statistics.median(times)
-    params = sum(p.numel() for p in sources[0][1].model.parameters())
+    params = sum(p.numel() for p in sources[0].reward.model.parameters())
     print(f"reward model: {args.size}, {params / 1e6:.0f} M parameters on {device}; {args.rows} rows, prompts "
           f"<= {args.prompt_len} and responses <= {args.response_len} tokens; times {['%.3f' % t for t in times]}")
     print(f"verl_reward: device={device} rows={args.rows} seconds_per_batch={per_batch:.4f} "

@@ -41,14 +41,19 @@ def paths(tmp_path_factory):
     return {"rm": str(rm), "same": str(same), "other": str(other)}
 
 
+def policy_tokenizer(paths, policy: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(paths[policy])
+
+
 def verl_config(policy: str, rm: str, *, estimator: str = "gae", **reward_kwargs):
     return red_config(policy, rm, estimator=estimator, **reward_kwargs)
 
 
 def verl_batch(tok, prompts, responses, *, response_length: int = 12, eos: bool = True, layout: str = "v0",
                raw_prompts=None) -> DataProto:
-    """Texts laid out as verl hands them to the reward step (see verl_layout), pad == eos."""
-    assert tok.pad_token_id == tok.eos_token_id
+    """Texts laid out as verl hands them to the reward step (see verl_layout)."""
     response_rows = [tok(r).input_ids + [tok.eos_token_id] * eos for r in responses]
     return verl_layout([tok(p).input_ids for p in prompts], response_rows, tok.pad_token_id, response_length, layout,
                        raw_prompts or prompts)
@@ -61,12 +66,16 @@ def scorer_rows(rm_path, policy_path, prompts, texts, **kw):
     return TokenRewardScorer(source, policy_tokenizer=AutoTokenizer.from_pretrained(policy_path), **kw).score(prompts, texts)
 
 
-@pytest.mark.parametrize("policy, layout", [("same", "v0"), ("other", "v0"), ("same", "v1"), ("other", "v1")])
+@pytest.mark.parametrize("policy, layout", [("same", "v0"), ("other", "v0"), ("same", "v1"), ("other", "v1"),
+                                            ("rm", "v0"), ("rm", "v1")])
 def test_rows_equal_red_rlhf_scorer_and_sum_to_score_difference(paths, policy, layout):
+    """Policy "rm" is the reward model's own tokenizer (one forward over the policy's ids); "same" has its vocabulary
+    but pad == eos, "other" other merges (both: decoded once and aligned by characters)."""
     config = verl_config(paths[policy], paths["rm"])
-    manager = load_reward_manager(config, tiny_tokenizer("gpt2", pad_equals_eos=True))
+    tok = policy_tokenizer(paths, policy)
+    manager = load_reward_manager(config, tok)
     assert isinstance(manager, red_verl.REDRewardManager)
-    tok = manager.tokenizer if policy == "same" else tiny_tokenizer("gpt2", vocab_size=290, pad_equals_eos=True)
+    assert manager.sources[0].reward.reads_policy_tokens(tok) == (policy == "rm")
     data = verl_batch(tok, PROMPTS, RESPONSES, response_length=24, layout=layout)
     rm_scores, outputs = rm_scores_through_verl(config, data)
     assert rm_scores.shape == data.batch["responses"].shape
@@ -75,7 +84,7 @@ def test_rows_equal_red_rlhf_scorer_and_sum_to_score_difference(paths, policy, l
         n = len(scored.rewards)
         assert int(data.batch["attention_mask"][i, data.batch["prompts"].shape[1]:].sum()) == n
         torch.testing.assert_close(rm_scores[i, :n], torch.tensor(scored.rewards, dtype=torch.float32))
-        assert rm_scores[i, n:].abs().sum() == 0  # nothing on padding, though pad == eos
+        assert rm_scores[i, n:].abs().sum() == 0  # nothing on padding, even where pad == eos
         torch.testing.assert_close(rm_scores[i].sum().double(),
                                    torch.tensor(scored.final_score - scored.prompt_score, dtype=torch.float64),
                                    atol=1e-5, rtol=0)
@@ -169,12 +178,19 @@ def test_sources_load_once_per_process(paths):
     ({"reward.reward_kwargs.scheme": "dense"}, "reward.reward_kwargs.scheme must be one of"),
     ({"reward.reward_kwargs.beta_c": 2.0}, "reward.reward_kwargs.beta_c must be in [0, 1]"),
     ({"reward.reward_kwargs.device": "gpu"}, "reward.reward_kwargs.device must be"),
+    ({"reward.reward_kwargs.model": "/nonexistent/rm"}, "reward.reward_kwargs.model: cannot load '/nonexistent/rm'"),
+    ({"reward.reward_kwargs": {"sources": [{"name": "rm", "model": "x"},
+                                           {"name": "cost", "model": "x", "kind": "cost", "limit": 1.0}]}},
+     "reward.reward_kwargs.sources[1].limit"),
 ])
 def test_refusals_name_the_key(paths, change, message):
     config = verl_config(paths["same"], paths["rm"])
     with open_dict(config):
         for key, value in change.items():
-            OmegaConf.update(config, key, value, force_add=True)
+            if key == "reward.reward_kwargs":
+                config.reward.reward_kwargs = value  # replaced whole (update would merge it into the old one)
+            else:
+                OmegaConf.update(config, key, value, force_add=True)
     with pytest.raises(ConfigError) as err:
         load_reward_manager(config, tiny_tokenizer("gpt2", pad_equals_eos=True))
     assert message in str(err.value)

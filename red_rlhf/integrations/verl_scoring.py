@@ -1,18 +1,22 @@
-"""red_rlhf's reward sources on a verl batch: load them once, score a `RowBatch`, place the token rewards.
+"""red_rlhf's reward path on a verl batch: load the sources once, score a `RowBatch`, assemble the token rewards.
 
-The numbers come from red_rlhf's own reward path (the sources' prefix scores and `token_rewards` placement);
-nothing here re-implements RED. verl adds its own KL term later (apply_kl_penalty), so none is added here.
+Nothing here re-implements RED: each source's `score_tokens` gives its prefix scores on the policy's tokens (one
+forward over the policy's ids when the reward model reads them as they are, else decoded once and aligned), and
+`assemble_rewards` places, weights and sums them. verl adds its own KL term later (apply_kl_penalty), so kl=None.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
 
-from red_rlhf.config import reward_sources
-from red_rlhf.models.build import load_source
-from red_rlhf.models.sources import place_rewards
+from red_rlhf.config import ConfigError
+from red_rlhf.core.reward_assembly import RewardSettings, SourceScores, assemble_rewards
+from red_rlhf.models.build import Source
+from red_rlhf.models.build import load_sources as build_sources
+from red_rlhf.models.sources import SourceError, TokenBatch
 
 
 @dataclass
@@ -28,64 +32,40 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_sources(settings) -> list:
-    """[(SourceConfig, source)] for red_rlhf's reward section; HF models moved to settings.device, frozen."""
+def load_sources(settings) -> list[Source]:
+    """The reward sources of reward.reward_kwargs, HF models frozen on settings.device; errors name the key."""
+    try:
+        sources = build_sources(settings.config)
+    except ConfigError as err:
+        raise ConfigError(re.sub(r"\breward\.(?!reward_kwargs)", "reward.reward_kwargs.", str(err))) from err
     device = _device(settings.device)
-    loaded = []
-    for i, source in enumerate(reward_sources_of(settings.reward)):
-        where = "reward.reward_kwargs" if not settings.reward.sources else f"reward.reward_kwargs.sources[{i}]"
-        scorer = load_source(source, where)
-        if hasattr(scorer, "model"):
-            scorer.model.to(device).requires_grad_(False)
-        loaded.append((source, scorer))
-    return loaded
+    for source in sources:
+        if hasattr(source.reward, "model"):
+            source.reward.model.to(device).requires_grad_(False)
+    return sources
 
 
-def reward_sources_of(reward_cfg) -> list:
-    """The SourceConfig list of a reward section (the single-source short form becomes one source)."""
-
-    class _Holder:  # reward_sources reads cfg.reward
-        reward = reward_cfg
-
-    return reward_sources(_Holder)
+def reward_settings(reward_cfg) -> RewardSettings:
+    return RewardSettings(beta_c=reward_cfg.beta_c, first_token=reward_cfg.first_token, abc_beta=reward_cfg.abc_beta,
+                          score_shift=reward_cfg.score_shift, score_scale=reward_cfg.score_scale,
+                          score_clip=reward_cfg.score_clip, missing_eos_penalty=reward_cfg.missing_eos_penalty)
 
 
-def _texts_and_cuts(tokenizer, ids: torch.Tensor, mask: torch.Tensor) -> tuple[list[str], list[list[int]]]:
-    """Each response's text and where each of its tokens ends in it (prefix decodes, kept non-decreasing)."""
-    texts, cuts = [], []
-    for row, row_mask in zip(ids, mask):
-        valid = row[row_mask].tolist()
-        ends, top = [], 0
-        for t in range(1, len(valid) + 1):
-            top = max(top, len(tokenizer.decode(valid[:t], skip_special_tokens=False,
-                                                clean_up_tokenization_spaces=False)))
-            ends.append(top)
-        text = tokenizer.decode(valid, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        ends = [min(e, len(text)) for e in ends[:-1]] + [len(text)]
-        texts.append(text)
-        cuts.append(ends)
-    return texts, cuts
-
-
-def score_batch(sources: list, reward_cfg, batch) -> ScoredBatch:
-    """Token rewards (B, R) on the batch's response positions: every source scored and placed, coef-weighted, summed."""
-    width = batch.response_ids.shape[1]
-    texts, cuts = _texts_and_cuts(batch.tokenizer, batch.response_ids, batch.response_mask)
-    rewards = torch.zeros(batch.response_ids.shape, dtype=torch.float64)
-    final = torch.zeros(len(texts), dtype=torch.float64)
-    prompt = torch.zeros(len(texts), dtype=torch.float64)
-    for source, scorer in sources:
-        coef = source.weight if source.kind == "reward" else -source.weight
-        scored = scorer.score_cuts(batch.prompts, texts, cuts, need_attention=source.scheme == "abc")
-        placed, _ = place_rewards(scored, width, source.scheme, beta_c=reward_cfg.beta_c,
-                                  first_token=reward_cfg.first_token, abc_beta=reward_cfg.abc_beta,
-                                  shift=reward_cfg.score_shift, scale=reward_cfg.score_scale, clip=reward_cfg.score_clip,
-                                  dtype=torch.float64)
-        rewards += coef * placed
-        final += coef * torch.tensor([cs.scores[-1] for cs in scored], dtype=torch.float64)
-        prompt += coef * torch.tensor([cs.prompt_score for cs in scored], dtype=torch.float64)
-    if reward_cfg.missing_eos_penalty is not None:
-        last = batch.response_mask.sum(-1) - 1  # (B,)
-        rows = torch.arange(len(texts))
-        rewards[rows, last] -= torch.where(batch.ended, 0.0, float(reward_cfg.missing_eos_penalty)).double()
-    return ScoredBatch(rewards, final, prompt)
+def score_batch(sources: list[Source], reward_cfg, batch) -> ScoredBatch:
+    """Token rewards (B, R) on the batch's response positions: every source scored, placed, coef-weighted, summed."""
+    tokens = TokenBatch(batch.prompts, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask,
+                        batch.tokenizer, plain_prompts=batch.plain_prompts)
+    inputs = []
+    prompt = torch.zeros(len(tokens), dtype=torch.float64)  # (B,)
+    for source in sources:
+        try:
+            scores = source.reward.score_tokens(tokens, need_attention=source.config.scheme == "abc")
+        except Exception as err:  # a model's tokenizer, a user's function: say which source failed
+            raise SourceError(f"reward source {source.name!r} failed: {err}") from err
+        coef = source.config.weight if source.config.kind == "reward" else -source.config.weight
+        inputs.append(SourceScores(source.name, scores.prompt, scores.tokens, source.config.scheme, coef,
+                                   scores.attention))
+        prompt += coef * scores.prompt.double().cpu()
+    out = assemble_rewards(inputs, batch.response_mask, reward_settings(reward_cfg), ended=batch.ended, kl=None,
+                           dtype=torch.float64)
+    return ScoredBatch(out.rewards, out.final_combined_raw, prompt)

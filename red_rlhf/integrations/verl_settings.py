@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from red_rlhf.config import ConfigError, RewardConfig, from_dict, reward_sources, validate
+from red_rlhf.config import Config, ConfigError, RewardConfig, from_dict, reward_sources, validate
 
 # verl 0.9.1 trainer/ppo/core_algos.py: these estimators use token_level_rewards position by position
 # (GAE :216-262, REINFORCE++ :693-731, ReMax's return-to-go :735-767, the optimal token baselines :872, :991).
@@ -42,10 +42,14 @@ PROMPT_TEXTS = ("decoded", "last_user")
 
 @dataclass
 class VerlRewardSettings:
-    reward: RewardConfig  # red_rlhf's reward section, validated
+    config: Config  # a red_rlhf config whose reward section is reward.reward_kwargs, validated
     device: str = "auto"
     prompt_text: str = "decoded"
     allow_estimator: str | None = None
+
+    @property
+    def reward(self) -> RewardConfig:
+        return self.config.reward
 
 
 def _get(config, dotted: str, default=None):
@@ -97,7 +101,7 @@ def read_settings(reward_kwargs) -> VerlRewardSettings:
         if source.limit is not None:
             raise ConfigError(f"{KWARGS}.sources[{i}].limit: a cost limit needs red_rlhf's Lagrangian multiplier, which "
                               "verl cannot update; remove the limit and give the cost a fixed weight")
-    settings = VerlRewardSettings(reward=cfg.reward, **verl_only)
+    settings = VerlRewardSettings(config=cfg, **verl_only)
     if settings.prompt_text not in PROMPT_TEXTS:
         raise ConfigError(f"{KWARGS}.prompt_text must be one of {PROMPT_TEXTS}, got {settings.prompt_text!r}")
     if not isinstance(settings.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", settings.device):
