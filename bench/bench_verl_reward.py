@@ -12,7 +12,7 @@ and saved to a temporary folder, then loaded the way the manager loads it (no mo
 - size "tiny": the tests' tiny GPT-2 reward model.
 
 Rows are laid out as verl's default (v1) trainer hands them: right-padded prompts of --prompt-len tokens and
-right-padded responses of --response-len/2 .. --response-len tokens, pad == eos. It prints the time per batch
+right-padded responses of --response-len/2 .. --response-len tokens. It prints the time per batch
 (median of --reps after one warm-up), checks that every row's rewards sum to R(x, y) - R(x), and that the first
 --check-rows rows score the same on the CPU (max absolute difference). The last line is parseable:
 `verl_reward: device=... rows=... seconds_per_batch=... rows_per_second=... max_sum_error=... max_cpu_diff=...`.
@@ -84,13 +84,18 @@ def main() -> None:
     parser.add_argument("--response-len", type=int, default=128)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--check-rows", type=int, default=2)
+    parser.add_argument("--policy", choices=("same", "other"), default="same",
+                        help="same: the policy has the reward model's tokenizer (one forward over the policy's ids); "
+                             "other: a tokenizer with other merges (decoded once and aligned by characters)")
     args = parser.parse_args()
-    tok = tiny_tokenizer("gpt2", pad_equals_eos=True)
+    rm_tok = tiny_tokenizer("gpt2")
+    tok = rm_tok if args.policy == "same" else tiny_tokenizer("gpt2", vocab_size=290, pad_equals_eos=True)
     with tempfile.TemporaryDirectory() as tmp:
-        save_reward_model(Path(tmp), args.size, tok)
+        save_reward_model(Path(tmp), args.size, rm_tok)
         settings = read_settings({"model": tmp, "device": args.device, "format": "concat"})
         sources = load_sources(settings)
         device = next(sources[0].reward.model.parameters()).device
+        path = "one forward" if sources[0].reward.reads_policy_tokens(tok) else "decode + align"
         rows = make_rows(tok, args.rows, args.prompt_len, args.response_len)
         batch = rows_to_batch(rows, tok)
 
@@ -117,9 +122,9 @@ def main() -> None:
             cpu_diff = float((on_cpu.rewards - scored.rewards[: args.check_rows, :width]).abs().max())
     per_batch = statistics.median(times)
     params = sum(p.numel() for p in sources[0].reward.model.parameters())
-    print(f"reward model: {args.size}, {params / 1e6:.0f} M parameters on {device}; {args.rows} rows, prompts "
+    print(f"reward model: {args.size}, {params / 1e6:.0f} M parameters on {device}, {path}; {args.rows} rows, prompts "
           f"<= {args.prompt_len} and responses <= {args.response_len} tokens; times {['%.3f' % t for t in times]}")
-    print(f"verl_reward: device={device} rows={args.rows} seconds_per_batch={per_batch:.4f} "
+    print(f"verl_reward: device={device} policy={args.policy} rows={args.rows} seconds_per_batch={per_batch:.4f} "
           f"rows_per_second={args.rows / per_batch:.1f} max_sum_error={sum_error:.2e} max_cpu_diff={cpu_diff:.2e}")
 
 
