@@ -170,6 +170,8 @@ def test_sources_load_once_per_process(paths):
 @pytest.mark.parametrize("change, message", [
     ({"reward.reward_model.enable": False}, "streaming route"),
     ({"reward.reward_model.enable_resource_pool": True}, "streaming route"),
+    ({"reward.reward_model.enable": False, "reward.reward_kwargs": {}}, "streaming route"),  # the route comes first
+    ({"reward.reward_kwargs": {}}, "reward.reward_kwargs is empty"),
     ({"reward.custom_reward_function.path": None}, "reward.custom_reward_function.path is not set"),
     ({"algorithm.adv_estimator": "grpo"}, "use algorithm.adv_estimator=gae"),
     ({"algorithm.adv_estimator": "rloo"}, "reinforce_plus_plus"),

@@ -59,8 +59,8 @@ class REDRewardManager(RewardManagerBase):
 
     def __init__(self, config, tokenizer, compute_score=None, reward_router_address=None, reward_model_tokenizer=None,
                  **unused):
-        self.settings = read_settings(config.reward.get("reward_kwargs") if config.get("reward") else None)
-        check_route(config, allow_estimator=self.settings.allow_estimator)
+        check_route(config)  # first: on a wrong route no reward_kwargs can help
+        self.settings = read_settings(config.reward.get("reward_kwargs"))
         super().__init__(config, tokenizer, compute_score)
         self.sources = shared_sources(self.settings)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="red-reward")  # one model user at a time

@@ -114,7 +114,7 @@ ROUTE_FIX = ("reward.reward_model.enable=True reward.reward_model.enable_resourc
              "reward.custom_reward_function.name=compute_score")
 
 
-def check_route(config, allow_estimator: str | None = None) -> None:
+def check_route(config) -> None:
     """Refuse the verl settings under which per-token rewards would be dropped or summed away."""
     if not _get(config, "reward.reward_model.enable", False) or _get(config, "reward.reward_model.enable_resource_pool",
                                                                      False):
@@ -128,6 +128,7 @@ def check_route(config, allow_estimator: str | None = None) -> None:
             "reward.custom_reward_function.path is not set: verl then sends each response to its served reward model "
             "for one scalar and never calls this manager's run_single. Set: " + ROUTE_FIX)
     estimator = str(_get(config, "algorithm.adv_estimator", "gae"))
+    allow_estimator = _get(config, f"{KWARGS}.allow_estimator")
     if estimator in SUMMING_ESTIMATORS:
         raise ConfigError(
             f"algorithm.adv_estimator={estimator} sums each response's token rewards before using them, so RED's "
