@@ -116,3 +116,15 @@ def test_demo_arguments_become_its_settings(monkeypatch, capsys):
         err = capsys.readouterr().err
         assert flag in err and message in err
     assert len(ran) == 2  # the bad ones never ran
+
+
+def test_score_does_not_import_training_or_the_demo_pipeline():
+    """`red-rlhf score` stays light: the parser reads the demo's settings without its pipeline, trainer or plots."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from red_rlhf.cli import build_parser; build_parser(); "
+            "print(','.join(sorted(m for m in sys.modules if m.startswith(('red_rlhf', 'matplotlib', 'accelerate')))))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split(",")
+    heavy = [m for m in loaded if m.startswith(("red_rlhf.training", "red_rlhf.demo.", "matplotlib", "accelerate"))]
+    assert heavy == [] and "red_rlhf.demo" in [m.strip() for m in loaded]
