@@ -107,13 +107,14 @@ def zero_weights_unconstrained(cfg):
     (lambda c: setattr(c.reward.sources[1], "limit", None), "lagrangian.enabled needs a reward source of kind 'cost'"),
     (lambda c: setattr(c.reward.sources[0], "kind", "cost"), "at least one source must be of kind 'reward'"),
     (lambda c: setattr(c.reward.sources[1], "scheme", "abc"), r"reward.sources\[1\].scheme 'abc' needs a reward model"),
-    (lambda c: setattr(c.reward, "function", "red_rlhf.data.toy:target_fraction"), "reward.sources replaces reward.model"),
+    (lambda c: setattr(c.reward, "function", "red_rlhf.data.toy:target_fraction"),
+     r"reward.function is the one-source short form; with 2 reward.sources set reward.sources\[i\].function"),
     (lambda c: setattr(c.reward.sources[1], "weight", -1.0), r"reward.sources\[1\].weight must be >= 0"),
 ])
 def test_source_config_errors(tmp_path, change, message):
     cfg = cost_run(tmp_path)
-    change(cfg)
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message):  # on the change itself (the short form) or in validate
+        change(cfg)
         validate(cfg)
 
 
