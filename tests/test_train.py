@@ -290,9 +290,10 @@ def test_missing_eos_penalty_hits_only_cut_responses(tmp_path):
     trainer = Trainer(toy(tmp_path, "--rollout.max_new_tokens=3", name="eos"))
     torch.manual_seed(3)
     ro = trainer.rollout(["the movie was"] * 8 + ["i liked the"] * 8)
-    plain, _, _ = trainer.score(ro)
-    trainer.cfg.reward.missing_eos_penalty = 1.0
-    penalised, _, _ = trainer.score(ro)
+    scores = trainer.score(ro)
+    plain = trainer.assemble(ro, scores, kl=None).rewards
+    with_penalty = Trainer(toy(tmp_path, "--rollout.max_new_tokens=3", "--reward.missing_eos_penalty=1.0", name="eos2"))
+    penalised = with_penalty.assemble(ro, scores, kl=None).rewards
     last = ro.response_mask.sum(-1) - 1
     rows = torch.arange(len(ro))
     diff = plain[rows, last] - penalised[rows, last]
