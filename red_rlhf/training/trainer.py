@@ -323,15 +323,13 @@ class Trainer:
         self.acc.log({k: v for k, v in metrics.items() if k != "step"}, step=self.step)
 
     def save(self) -> None:
+        """Models and optimisers through accelerate (sharded under FSDP); the rest as JSON (checkpoint.py)."""
         state = {
             "step": self.step, "kl_coef": self.kl.coef, "prompt_order": self.order.state_dict(),
             "lagrange": {name: m.value for name, m in self.lambdas.items()},
-            "policy": checkpoint.trainable_state(self.acc.unwrap_model(self.policy)),
-            "policy_opt": self.policy_opt.state_dict(), "policy_sched": self.policy_sched.state_dict(),
+            "policy_sched": self.policy_sched.state_dict(),
+            "critic_sched": self.critic_sched.state_dict() if self.critic is not None else None,
         }
-        if self.critic is not None:
-            state.update(critic=self.acc.unwrap_model(self.critic).state_dict(), critic_opt=self.critic_opt.state_dict(),
-                         critic_sched=self.critic_sched.state_dict())
         checkpoint.save(self.out, self.step, state, self.acc, keep=self.cfg.train.keep_checkpoints)
 
     def load(self, path: Path) -> None:
@@ -343,12 +341,8 @@ class Trainer:
                                   "does not constrain; resume with the config the run was started with")
             self.lambdas[name].value = value
         self.order.load_state_dict(state["prompt_order"])
-        checkpoint.load_trainable_state(self.acc.unwrap_model(self.policy), state["policy"])
-        self.policy_opt.load_state_dict(state["policy_opt"])
         self.policy_sched.load_state_dict(state["policy_sched"])
         if self.critic is not None:
-            self.acc.unwrap_model(self.critic).load_state_dict(state["critic"])
-            self.critic_opt.load_state_dict(state["critic_opt"])
             self.critic_sched.load_state_dict(state["critic_sched"])
 
     def export(self) -> None:
