@@ -10,6 +10,7 @@ import os
 import torch
 
 from red_rlhf.config import Config, ConfigError, SourceConfig
+from red_rlhf.models.precision import attention_kwargs, enable_gradient_checkpointing, set_attention, torch_dtype
 from red_rlhf.models.sources import FunctionReward, HFRewardModel
 
 
@@ -56,13 +57,15 @@ def load_policy(cfg: Config):
         from red_rlhf.models.tiny import toy_policy, toy_tokenizer
 
         tokenizer = toy_tokenizer()
-        policy = toy_policy(tokenizer, seed=cfg.train.seed)
+        policy = toy_policy(tokenizer, seed=cfg.train.seed).to(torch_dtype(cfg.precision.policy_dtype))
+        set_attention(policy, cfg.precision)
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(name)
-            policy = AutoModelForCausalLM.from_pretrained(name)
+            policy = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype(cfg.precision.policy_dtype),
+                                                         **attention_kwargs(cfg.precision))
         except OSError as err:
             raise ConfigError(f"policy.name_or_path: cannot load {name!r}: {str(err).splitlines()[0]}") from err
     if tokenizer.eos_token_id is None:
@@ -89,9 +92,28 @@ def reference_model(policy, cfg: Config):
     """A frozen copy of the initial policy, or None with LoRA (the base with adapters disabled is the reference)."""
     if cfg.policy.lora_r:
         return None
-    ref = copy.deepcopy(policy).eval()
+    ref = copy.deepcopy(policy).eval().to(torch_dtype(cfg.precision.reference_dtype))
     ref.requires_grad_(False)
     return ref
+
+
+def apply_precision(cfg: Config, policy, critic, rewards: list) -> None:
+    """After the models are built (and LoRA applied): the critic's and HF reward models' dtypes, and gradient
+    checkpointing of policy and critic. The policy was loaded in its dtype, the reference copies take theirs.
+
+    HF reward models are loaded in float32 and then cast (their loader is in sources.py): the float32 copy is
+    transient, on the CPU.
+    """
+    p = cfg.precision
+    if critic is not None:
+        critic.to(torch_dtype(p.critic_dtype))
+    for reward in rewards:
+        if isinstance(reward, HFRewardModel):
+            reward.model.to(torch_dtype(p.reward_dtype))
+    if p.gradient_checkpointing:
+        enable_gradient_checkpointing(policy)
+        if critic is not None:
+            enable_gradient_checkpointing(critic)
 
 
 @contextlib.contextmanager

@@ -26,7 +26,9 @@ from red_rlhf.training import checkpoint
 from red_rlhf.core.advantages import kl_per_token, masked_mean, shape_rewards
 from red_rlhf.config import Config, ConfigError, reward_sources, to_dict
 from red_rlhf.data.prompts import PromptOrder, train_eval_prompts
-from red_rlhf.models.build import (apply_lora, as_reference, critic_from_policy, critic_from_reward_model, load_policy,
+from red_rlhf.models.precision import check_device
+from red_rlhf.training import memory
+from red_rlhf.models.build import (apply_lora, apply_precision, as_reference, critic_from_policy, critic_from_reward_model, load_policy,
                              load_source, reference_model)
 from red_rlhf.training.ppo import Experience, compute_advantages, update
 from red_rlhf.models.sources import place_rewards
@@ -57,7 +59,9 @@ class Trainer:
         trackers = "tensorboard" if cfg.train.tensorboard and _has_tensorboard() else None
         # cpu=True on machines without an accelerator: only then does accelerate join torchrun's processes (gloo)
         cpu_only = not (torch.cuda.is_available() or torch.backends.mps.is_available())
-        self.acc = accelerator or Accelerator(cpu=cpu_only, log_with=trackers, project_dir=str(out))
+        check_device(cfg.precision, torch.device("cpu" if cpu_only else "cuda" if torch.cuda.is_available() else "mps"))
+        self.acc = accelerator or Accelerator(cpu=cpu_only, log_with=trackers, project_dir=str(out),
+                                              mixed_precision=cfg.precision.mixed_precision)
         set_seed(cfg.train.seed + self.acc.process_index)
         self.out = out
         self.policy, self.tokenizer = load_policy(cfg)
@@ -81,6 +85,8 @@ class Trainer:
                               f"of {context} tokens")
         self.policy = apply_lora(self.policy, cfg)
         self.ref = reference_model(self.policy, cfg)
+        apply_precision(cfg, self.policy, self.critic, [s.reward for s in self.sources])
+        self.memory = memory.estimate_for(cfg, self.policy, self.critic, [s.reward for s in self.sources], self.acc)
         params = [p for p in self.policy.parameters() if p.requires_grad]
         self.policy_opt = torch.optim.AdamW(params, lr=cfg.algo.policy_lr, eps=1e-5)
         self.critic_opt = torch.optim.AdamW(self.critic.parameters(), lr=cfg.algo.critic_lr, eps=1e-5) if self.critic else None
