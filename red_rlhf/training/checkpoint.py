@@ -4,20 +4,26 @@ Layout: OUTPUT_DIR/checkpoints/step-000010/ and OUTPUT_DIR/checkpoints/latest, a
 complete step directory. A save writes a hidden temporary directory, renames it into place (atomic on one file
 system), and only then rewrites `latest` (also by rename). A kill at any point leaves `latest` on a complete one.
 
-What a step directory holds:
-    model.safetensors, model_1.safetensors   policy, critic: written by accelerate's `save_state`, which under FSDP
-                                             writes sharded or gathered files instead (pytorch_model_fsdp_*)
-    optimizer.bin, optimizer_1.bin           optimiser states (accelerate's; read back with weights_only=True)
-    trainer.json                             step, KL coefficient, prompt order, Lagrange multipliers, LR schedules
+What a step directory holds (models and optimisers are written by accelerate's save_state, so DDP, FSDP and
+DeepSpeed each get their own layout; model 0 is the policy, model 1 the critic):
+    model.safetensors, model_1.safetensors      one process / DDP: full weights
+    optimizer.bin, optimizer_1.bin              optimiser states, read back with weights_only=True
+    pytorch_model_fsdp_0/, optimizer_0/, ...    FSDP SHARDED_STATE_DICT: one __RANK_0.distcp shard per process and a
+                                                .metadata index (torch.distributed.checkpoint)
+    trainer.json                                step, KL coefficient, prompt order, Lagrange multipliers, LR schedules
     rng-rank{i}.json, rng-rank{i}.safetensors   each process's python / numpy (JSON) and torch (tensors) RNG states
 
-Nothing here is unpickled as arbitrary objects: JSON and safetensors cannot hold code, and the optimiser files go
-through torch's weights_only loader, which refuses any class outside a short allow-list (accelerate's: numpy arrays
-and dtypes). A tampered file is refused with CheckpointError naming it.
+Nothing is unpickled as arbitrary objects: JSON and safetensors cannot hold code; before loading, every torch pickle
+is checked against torch's weights_only allow-list (tensors, numbers, containers), and a sharded checkpoint's
+.metadata and non-tensor items (which torch itself unpickles freely) against DCP's own dataclasses and
+weights_only. A tampered file is refused with CheckpointError naming it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import io
 import json
 import os
 import pickle
@@ -79,6 +85,12 @@ def load_rng(directory: Path, rank: int) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
+def _reason(err: Exception) -> str:
+    """The line of a weights_only refusal that names the class or function the pickle asked for."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()] or [type(err).__name__]
+    return next((line for line in lines if "Unsupported global" in line), lines[0])
+
+
 def _read_json(file: Path) -> dict:
     try:
         return json.loads(file.read_text(encoding="utf-8"))
@@ -120,6 +132,54 @@ def check_files(directory: Path) -> None:
             raise CheckpointError(f"{file} asks to unpickle {', '.join(unsafe)}, which is not tensor data; refusing to "
                                   "load it, as unpickling it could run code. red-rlhf never writes such files: the "
                                   "checkpoint was altered")
+    for meta in sorted(Path(directory).rglob(".metadata")):
+        check_sharded(meta.parent)
+
+
+# What torch.distributed.checkpoint's `.metadata` pickle (FSDP's sharded state) may name besides its own dataclasses
+_DCP_GLOBALS = {("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PurePosixPath"), ("torch", "Size"),
+                ("torch.serialization", "_get_layout"), ("collections", "OrderedDict")}
+_DCP_MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem")
+
+
+class _DCPMetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        obj = super().find_class(module, name) if module.startswith(("torch", "pathlib", "collections")) else None
+        plain_class = isinstance(obj, type) and (dataclasses.is_dataclass(obj) or issubclass(obj, enum.Enum))
+        if ((module, name) in _DCP_GLOBALS or (module in _DCP_MODULES and plain_class)
+                or (module == "torch" and isinstance(obj, torch.dtype))):
+            return obj
+        raise pickle.UnpicklingError(f"Unsupported global: {module}.{name}")
+
+
+def check_sharded(directory: Path) -> None:
+    """A torch.distributed.checkpoint directory (FSDP's SHARDED_STATE_DICT): torch reads its `.metadata` with
+    pickle.load and its non-tensor items with torch.load(weights_only=False), so both are checked here first: the
+    metadata with an unpickler that knows only DCP's own dataclasses, each non-tensor item with weights_only=True."""
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+
+    meta_file = directory / ".metadata"
+    try:
+        with open(meta_file, "rb") as f:
+            meta = _DCPMetadataUnpickler(f).load()
+    except Exception as err:
+        raise CheckpointError(f"{meta_file} holds more than sharded-checkpoint metadata ({err}); refusing to load it, "
+                              "as unpickling it could run code: the checkpoint was altered or damaged") from err
+    for index, info in meta.storage_data.items():
+        if not isinstance(meta.state_dict_metadata.get(index.fqn), BytesStorageMetadata):
+            continue  # tensors: torch reads them with weights_only=True
+        item = directory / info.relative_path
+        if getattr(info, "transform_descriptors", None):
+            raise CheckpointError(f"{item}: item {index.fqn} is stored transformed (compressed); it cannot be checked")
+        with open(item, "rb") as f:
+            f.seek(info.offset)
+            blob = f.read(info.length)
+        try:
+            torch.load(io.BytesIO(blob), weights_only=True)
+        except Exception as err:
+            raise CheckpointError(f"{item}: item {index.fqn} holds pickled objects other than plain data "
+                                  f"({_reason(err)}); refusing to load it, as unpickling it "
+                                  "could run code: the checkpoint was altered") from err
 
 
 def save(out: Path, step: int, trainer_state: dict, accelerator, keep: int = 2) -> Path:
@@ -178,10 +238,8 @@ def load(path: Path, accelerator) -> dict:
     try:
         accelerator.load_state(str(path))  # optimiser files: torch.load(weights_only=True) with accelerate's allow-list
     except pickle.UnpicklingError as err:
-        reason = str(err).strip().splitlines()
-        detail = next((line for line in reason if "Unsupported global" in line), reason[0] if reason else "")
         raise CheckpointError(f"{path}: a file in this checkpoint holds pickled objects other than tensors "
-                              f"({detail.strip()}); refusing to load it, as unpickling them could run code. "
+                              f"({_reason(err)}); refusing to load it, as unpickling them could run code. "
                               "red-rlhf never writes such files: the checkpoint was altered") from err
     except FileNotFoundError as err:
         raise CheckpointError(f"checkpoint {path} is incomplete: {err.filename or err} is missing") from err

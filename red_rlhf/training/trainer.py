@@ -93,11 +93,11 @@ class Trainer:
         schedule = (lambda s: 1.0) if cfg.algo.lr_schedule == "constant" else (lambda s: max(0.0, 1.0 - s / cfg.train.steps))
         self.policy_sched = torch.optim.lr_scheduler.LambdaLR(self.policy_opt, schedule)
         self.critic_sched = torch.optim.lr_scheduler.LambdaLR(self.critic_opt, schedule) if self.critic else None
+        # one model and its optimiser per call (FSDP2 refuses two models in one call); this order names the
+        # checkpoint files: model.safetensors is the policy, model_1.safetensors the critic
+        self.policy, self.policy_opt = self.acc.prepare(self.policy, self.policy_opt)
         if self.critic is not None:
-            self.policy, self.critic, self.policy_opt, self.critic_opt = self.acc.prepare(
-                self.policy, self.critic, self.policy_opt, self.critic_opt)
-        else:
-            self.policy, self.policy_opt = self.acc.prepare(self.policy, self.policy_opt)
+            self.critic, self.critic_opt = self.acc.prepare(self.critic, self.critic_opt)
         train_prompts, self.eval_prompts = train_eval_prompts(cfg.data)
         self.order = PromptOrder(train_prompts, cfg.train.seed, self.acc.process_index, self.acc.num_processes)
         self.kl = AdaptiveKL(cfg.kl.coef, cfg.kl.target if cfg.kl.adaptive else None, cfg.kl.horizon)
@@ -354,9 +354,10 @@ class Trainer:
     def export(self) -> None:
         """The trained policy (or its LoRA adapter) and tokenizer, loadable by from_pretrained."""
         self.acc.wait_for_everyone()
+        weights = self.acc.get_state_dict(self.policy)  # every process takes part: it gathers FSDP shards
         if self.acc.is_main_process:
             target = self.out / "policy"
-            self.acc.unwrap_model(self.policy).save_pretrained(target)
+            self.acc.unwrap_model(self.policy).save_pretrained(target, state_dict=weights)
             self.tokenizer.save_pretrained(target)
 
 
