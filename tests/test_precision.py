@@ -172,3 +172,63 @@ def test_memory_estimate_arithmetic_on_a_llama_of_known_size():
     assert est.total == sum(rows.values())
     lora = load_config(None, BASE + ["--policy.lora_r=8"])
     assert "reference weights" not in {w for w, _, _ in memory.estimate(lora, size, None, [], V).rows}
+
+
+def tiny_llama(tok):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, pad_token_id=tok.pad_token_id,
+                                        eos_token_id=tok.eos_token_id, bos_token_id=None)).eval()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_gradient_checkpointing_leaves_generation_unchanged(arch):
+    """Checkpointed layers are in training mode only while autograd records: sampling (no_grad, KV cache) is the
+    same as without checkpointing. (With transformers 5.17 a Llama layer left in training mode drops its KV cache
+    during generate and the tokens differ; this test caught that.)"""
+    tok, policy, _ = toy_models()
+    if arch == "llama":
+        policy = tiny_llama(tok)
+    prompt = tok(["the movie was", "the plot"], return_tensors="pt", padding=True)
+    checkpointed = copy.deepcopy(policy)
+    enable_gradient_checkpointing(checkpointed)
+    layer = checkpointed.model.layers[0] if arch == "llama" else checkpointed.transformer.h[0]
+    attn = layer.self_attn if arch == "llama" else layer.attn
+    with torch.no_grad():
+        assert not layer.training
+        plain = policy.generate(**prompt, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
+        again = checkpointed.generate(**prompt, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert torch.equal(plain, again)
+    assert layer.training  # grad enabled here
+    checkpointed.eval()
+    assert layer.training and not attn.training  # eval() keeps the rule; sub-modules stay in eval
+    checkpointed.train()
+    with torch.no_grad():
+        assert layer.training  # an explicit train() is honoured
+
+
+def test_gpu_check_script_runs_on_cpu_with_tiny(fresh_accelerate_state, tmp_path, capsys):
+    """bench/gpu_check.py --tiny: the GPU check's code path (a Llama saved and loaded in bf16, checkpointing,
+    autocast, our Trainer, a checkpoint save) on CPU."""
+    import sys
+
+    sys.path.insert(0, "bench")
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove("bench")
+    result = gpu_check.main(["--tiny", "--steps=2", "--batch=4", "--new-tokens=8", f"--out={tmp_path}"])
+    printed = capsys.readouterr().out
+    assert "memory estimate per process" in printed and "s per step" in printed
+    trainer = result["trainer"]
+    assert [row["step"] for row in trainer["losses"]] == [1, 2] and trainer["estimate_gb"] > 0
+    assert (tmp_path / "run" / "checkpoints" / "step-000002" / "model.safetensors").is_file()
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "run" / "checkpoints" / "step-000002" / "model.safetensors"), "pt") as f:
+        assert f.get_tensor(f.keys()[0]).dtype == torch.bfloat16  # the policy trained in bf16
+    for key, value in result["bf16_vs_fp32"]["fp32"].items():
+        low = result["bf16_vs_fp32"]["bf16"][key]
+        assert abs(low - value) <= BF16_REL_TOL * abs(value) + BF16_ABS_TOL, (key, low, value)

@@ -53,12 +53,27 @@ def set_attention(model: torch.nn.Module, p: PrecisionConfig) -> None:
         model.set_attn_implementation(p.attn_implementation)
 
 
+def _train_while_grad(layer_class: type) -> type:
+    """A subclass of a transformer layer class whose `training` reads True while autograd records (and whenever
+    the module was put in train mode), so transformers checkpoints it in the update but not in generation."""
+
+    def get(self) -> bool:
+        return self.__dict__.get("_train_mode", False) or torch.is_grad_enabled()
+
+    def set_(self, mode: bool) -> None:
+        self.__dict__["_train_mode"] = mode
+
+    return type(f"Checkpointed{layer_class.__name__}", (layer_class,), {"training": property(get, set_)})
+
+
 def enable_gradient_checkpointing(model: torch.nn.Module) -> int:
     """Recompute every transformer layer in the backward pass; returns how many layers will.
 
     transformers checkpoints a layer only while that layer is in training mode, and our models stay in eval mode
-    (no dropout in RL). So this marks the checkpointed layers themselves as training, without recursing: their
-    attention and MLP sub-modules, which hold the dropouts, stay in eval mode. Call it after any `.eval()`.
+    (no dropout in RL). A layer in training mode during generation is worse than slow: transformers < 5.2x then
+    drops its KV cache (past_key_values=None) and the sampled tokens are silently wrong. So each checkpointed layer
+    (the layer module only: its attention and MLP sub-modules, which hold the dropouts, stay in eval mode) reports
+    training mode exactly while autograd records, i.e. in the update's forward and never under no_grad.
     """
     from transformers.modeling_layers import GradientCheckpointingLayer
 
@@ -72,9 +87,13 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> int:
     if not layers:
         raise ConfigError(f"precision.gradient_checkpointing: {type(target).__name__} has no checkpointable "
                           "transformer layers")
+    classes: dict[type, type] = {}
     for layer in layers:
-        layer.training = True  # this module only (nn.Module.train would recurse into the dropouts)
-    # In eval mode the model would still fill a KV cache during the training forward, and the recompute would append
+        if "_train_mode" not in layer.__dict__:  # not yet switched
+            mode = layer.__dict__.pop("training")
+            layer.__class__ = classes.setdefault(type(layer), _train_while_grad(type(layer)))
+            layer.training = mode
+    # With the model in eval mode the training forward would still fill a KV cache, and the recompute would append
     # to it a second time; generation keeps its cache (generation_config.use_cache is separate).
     target.config.use_cache = False
     return len(layers)
