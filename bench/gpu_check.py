@@ -67,7 +67,8 @@ def trainer_run(out: Path, policy_dir: Path, reward_dir: Path, args) -> dict:
         "--train.save_every=0", "--train.tensorboard=false", f"--train.output_dir={out / 'run'}",
         f"--rollout.batch_size={args.batch}", f"--rollout.max_new_tokens={args.new_tokens}", "--algo.epochs=2",
         f"--algo.mini_batch_size={args.batch // 2}", "--algo.grad_accum=2",
-        "--precision.policy_dtype=bf16", "--precision.reference_dtype=bf16", "--precision.critic_dtype=bf16",
+        f"--precision.policy_dtype={args.trained_dtype}", "--precision.reference_dtype=bf16",
+        f"--precision.critic_dtype={args.trained_dtype}",
         "--precision.reward_dtype=bf16", "--precision.mixed_precision=bf16", "--precision.gradient_checkpointing=true",
         f"--precision.attn_implementation={args.attn}",
     ]
@@ -107,6 +108,20 @@ def trainer_run(out: Path, policy_dir: Path, reward_dir: Path, args) -> dict:
     for row in result["losses"]:
         print("  step {step}: policy_loss {policy_loss:+.4f} value_loss {value_loss:.4f} kl {kl:.4f} "
               "reward {reward_mean:+.4f}".format(**row))
+    if args.resume_check:  # a new Trainer resumes from the last checkpoint and takes one more step
+        import gc
+
+        del trainer
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
+        more = load_config(None, overrides + [f"--train.steps={args.steps + 1}"])
+        t0 = time.perf_counter()
+        rest = Trainer(more).train(resume=True)  # loads the latest checkpoint, then trains the remaining step
+        result["resume"] = {"steps": [m["step"] for m in rest], "seconds": time.perf_counter() - t0,
+                            "policy_loss": rest[0]["policy_loss"]}
+        print(f"resume: build + load the step-{args.steps} checkpoint + steps {result['resume']['steps']}: "
+              f"{result['resume']['seconds']:.1f} s")
     return result
 
 
@@ -176,6 +191,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--attn", default="sdpa", help="precision.attn_implementation (sdpa, eager, flash_attention_2)")
     ap.add_argument("--out", default="runs/gpu_check")
+    ap.add_argument("--trained-dtype", default="bf16", choices=("bf16", "fp32"),
+                    help="precision.policy_dtype and critic_dtype (bf16 autocast either way)")
+    ap.add_argument("--resume-check", action="store_true", help="then resume from the last checkpoint, one more step")
     args = ap.parse_args(argv)
     if not args.tiny and not torch.cuda.is_available():
         sys.exit("no CUDA device: run with --tiny for the CPU version")

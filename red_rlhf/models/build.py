@@ -97,9 +97,10 @@ def reference_model(policy, cfg: Config):
     return ref
 
 
-def apply_precision(cfg: Config, policy, critic, rewards: list) -> None:
+def apply_precision(cfg: Config, policy, critic, ref, rewards: list, device: torch.device) -> None:
     """After the models are built (and LoRA applied): the critic's and HF reward models' dtypes, and gradient
     checkpointing of policy and critic. The policy was loaded in its dtype, the reference copies take theirs.
+    The frozen models (reference, HF reward models), which accelerate does not prepare, move to `device` here.
 
     HF reward models are loaded in float32 and then cast (their loader is in sources.py): the float32 copy is
     transient, on the CPU.
@@ -109,7 +110,9 @@ def apply_precision(cfg: Config, policy, critic, rewards: list) -> None:
         critic.to(torch_dtype(p.critic_dtype))
     for reward in rewards:
         if isinstance(reward, HFRewardModel):
-            reward.model.to(torch_dtype(p.reward_dtype))
+            reward.model.to(device=device, dtype=torch_dtype(p.reward_dtype))
+    if ref is not None:
+        ref.to(device)
     if p.gradient_checkpointing:
         enable_gradient_checkpointing(policy)
         if critic is not None:

@@ -85,7 +85,7 @@ class Trainer:
                               f"of {context} tokens")
         self.policy = apply_lora(self.policy, cfg)
         self.ref = reference_model(self.policy, cfg)
-        apply_precision(cfg, self.policy, self.critic, [s.reward for s in self.sources])
+        apply_precision(cfg, self.policy, self.critic, self.ref, [s.reward for s in self.sources], self.acc.device)
         self.memory = memory.estimate_for(cfg, self.policy, self.critic, [s.reward for s in self.sources], self.acc)
         params = [p for p in self.policy.parameters() if p.requires_grad]
         self.policy_opt = torch.optim.AdamW(params, lr=cfg.algo.policy_lr, eps=1e-5)
