@@ -22,7 +22,7 @@ VOCAB = 32000
 BASE = ["--reward.model=rm", "--rollout.batch_size=8", "--rollout.max_prompt_tokens=256", "--rollout.max_new_tokens=256",
         "--algo.mini_batch_size=8", "--algo.grad_accum=4"]
 SCENARIOS = [  # (size, processes, FSDP, overrides, title)
-    ("1B", 1, False, [], "1B, 1 GPU, today's defaults (everything fp32)"),
+    ("1B", 1, False, [], "1B, 1 GPU, the defaults (everything fp32)"),
     ("1B", 1, False, ["--precision.mixed_precision=bf16", "--precision.reference_dtype=bf16",
                       "--precision.reward_dtype=bf16", "--precision.gradient_checkpointing=true"],
      "1B, 1 GPU, recommended: fp32 trained weights + bf16 autocast, bf16 frozen models, checkpointing"),
