@@ -51,34 +51,43 @@ def tiny_tokenizer(
     """A byte-level BPE tokenizer trained on CORPUS.
 
     style "gpt2": no special tokens added when encoding; "bert": [CLS] text [SEP] and pairs
-    [CLS] a [SEP] b [SEP]; "llama": a BOS token before the text. pad_equals_eos makes pad id == eos id.
-    chat adds ChatML tokens and template.
+    [CLS] a [SEP] b [SEP]; "llama": a BOS token before the text; "sentencepiece": a BOS token and SentencePiece's
+    word marker instead of byte-level BPE (Llama-2 style: the decoder drops the space before a text's first word,
+    so decoding rewrites spaces). pad_equals_eos makes pad id == eos id. chat adds ChatML tokens and template.
     """
     specials = ["<|endoftext|>", "<pad>", "[CLS]", "[SEP]", "<s>"] + (["<|im_start|>", "<|im_end|>"] if chat else [])
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
+    if style == "sentencepiece":
+        tok = Tokenizer(models.BPE(unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+        tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials + ["<unk>"], show_progress=False)
+    else:
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
     tok.train_from_iterator(CORPUS * 4, trainer)
     cls_id, sep_id, bos_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]"), tok.token_to_id("<s>")
     if style == "bert":
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
         )
-    elif style == "llama":
+    elif style in ("llama", "sentencepiece"):
         tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B:1", special_tokens=[("<s>", bos_id)])
     elif style != "gpt2":
-        raise ValueError(f"style must be 'gpt2', 'bert' or 'llama', got {style!r}")
+        raise ValueError(f"style must be 'gpt2', 'bert', 'llama' or 'sentencepiece', got {style!r}")
     extra = {}
     if style == "bert":
         extra = {"cls_token": "[CLS]", "sep_token": "[SEP]", "model_input_names": ["input_ids", "token_type_ids", "attention_mask"]}
-    if style == "llama":
+    if style in ("llama", "sentencepiece"):
         extra["bos_token"] = "<s>"
+    if style == "sentencepiece":
+        extra["unk_token"] = "<unk>"
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|endoftext|>",
@@ -137,9 +146,16 @@ def toy_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
 
 
-def toy_policy(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> GPT2LMHeadModel:
+def tiny_causal_lm(tokenizer, *, width: int = 64, layers: int = 2, heads: int = 2, context: int = 128,
+                   seed: int = 0) -> GPT2LMHeadModel:
+    """A randomly initialised GPT-2 language model over `tokenizer` (EOS doubles as BOS), for tests and smoke runs."""
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=len(tokenizer), n_embd=64, n_layer=2, n_head=2, n_positions=128,
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=width, n_layer=layers, n_head=heads, n_positions=context,
                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
                         pad_token_id=tokenizer.pad_token_id)
     return GPT2LMHeadModel(config)
+
+
+def toy_policy(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> GPT2LMHeadModel:
+    """The toy task's policy: a 2-layer GPT-2 over the toy vocabulary."""
+    return tiny_causal_lm(tokenizer, seed=seed)
