@@ -152,3 +152,18 @@ def test_load_backbone_puts_a_score_head_on_a_saved_decoder(tmp_path):
     model, loaded_tok = load_backbone(str(tmp_path / "lm"))
     assert detect_mode(model) == "causal" and model.config.num_labels == 1
     assert loaded_tok.pad_token_id == loaded_tok.eos_token_id == model.config.pad_token_id
+
+
+def test_a_trained_reward_model_is_scored_the_way_it_was_trained(tmp_path):
+    """train-rm trains on plain concatenations; its saved config says so, and HFRewardModel's format 'auto' reads
+    it even when the tokenizer has a chat template (which it would otherwise pick)."""
+    from red_rlhf import HFRewardModel
+    from red_rlhf.training.reward_model import save_reward_model
+
+    tok = tiny_tokenizer("gpt2", chat=True)
+    model = tiny_reward_model("gpt2", len(tok), pad_token_id=tok.pad_token_id, seed=3)
+    assert HFRewardModel(model, tok).format == "chat"  # nothing recorded: the template is the default
+    out = save_reward_model(model, tok, tmp_path / "rm", {"accuracy_after": 0.5})
+    loaded = HFRewardModel.from_pretrained(str(out))
+    assert loaded.format == "concat" and loaded.reads_policy_tokens(tok)
+    assert HFRewardModel.from_pretrained(str(out), format="chat").format == "chat"  # an explicit choice wins

@@ -183,3 +183,13 @@ def test_sparse_and_abc_through_the_scorer(gpt2_tok, policy_tok):
         sign = 1 if a_row.final_score > 0 else -1
         assert all(sign * r >= 0 for r in a_row.rewards)
         assert sum(1 for r in a_row.rewards if r != 0) > 1  # spread over several tokens
+
+
+def test_multi_byte_characters_are_shown_once(gpt2_tok, gpt2_rm):
+    """A character split over byte-level tokens is shown on the token that completes it, never repeated; each row
+    still has one reward per token and the rewards still telescope."""
+    [row] = TokenRewardScorer(HFRewardModel(gpt2_rm, gpt2_tok)).score(["Party:"], [" 🎉"])
+    assert len(row.tokens) > 2  # the emoji is several byte-level tokens
+    assert "".join(row.tokens) == " 🎉" and row.tokens.count("🎉") == 1
+    assert all(t in ("", " ", "🎉") for t in row.tokens) and len(row.rewards) == len(row.tokens)
+    assert sum(row.rewards) == pytest.approx(row.final_score - row.prompt_score, abs=1e-5)
