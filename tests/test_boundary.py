@@ -3,9 +3,8 @@ response "od fun": the reward model reads one token " good" across the boundary)
 
 Rule (proposed in issue 13, item 4): R(x) is the reward model's score of the prompt alone, as it tokenizes the
 prompt alone; the first response token's reward is s_1 - R(x), so the rewards still sum to R(x, y) - R(x) for the
-R(x) that is reported. Today R(x) is silently the score of a shorter prompt ("The movie was g"): the straddling
-token counts as response. The fix belongs in models/sources.py (HFRewardModel.score_cuts), which the reward-path
-rewrite (issue 10) owns, so the second test is a strict xfail until that lands: it fails loudly once it passes.
+R(x) that is reported. `HFRewardModel.score_cuts` scores the prompt alone for rows where a token spans the
+boundary (before, R(x) was silently the score of a shorter prompt, "The movie was").
 """
 
 import pytest
@@ -35,8 +34,6 @@ def test_rewards_sum_to_the_reported_scores(straddling):
     assert sum(row.rewards) == pytest.approx(row.final_score - row.prompt_score, abs=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13 item 4: R(x) is the score of a shorter prompt until the reward "
-                                       "path (models/sources.py) scores the prompt alone")
 def test_the_reported_prompt_score_is_the_prompt_alone(straddling, gpt2_rm, gpt2_tok):
     prompt, response, row = straddling
     assert row.prompt_score == pytest.approx(alone(gpt2_rm, gpt2_tok, prompt), abs=1e-4)

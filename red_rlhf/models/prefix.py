@@ -146,6 +146,14 @@ def _model_scores(model, input_ids, attention_mask, token_type_ids, column: int)
     return logits[:, column].float()
 
 
+@torch.no_grad()
+def sequence_scores(model, rows: list[list[int]], pad: int, *, label_index: int | None = None) -> torch.Tensor:
+    """The model's own pooled score of each whole sequence (token id lists, unpadded), (N,) float32."""
+    device = next(model.parameters()).device
+    ids, mask = pad_rows(rows, pad, device=device)
+    return _model_scores(model, ids, mask, None, _label_column(model, label_index)).cpu()
+
+
 def _suffix_lengths(suffix_len: int | list[int], attention_mask: torch.Tensor) -> list[int]:
     lengths = [suffix_len] * attention_mask.shape[0] if isinstance(suffix_len, int) else list(suffix_len)
     if len(lengths) != attention_mask.shape[0] or any(n < 0 for n in lengths):

@@ -29,7 +29,7 @@ import torch
 from red_rlhf.core.alignment import check_cuts, scores_at_cuts, sums_between_cuts
 from red_rlhf.core.masks import pad_rows
 from red_rlhf.models.detokenize import response_texts
-from red_rlhf.models.prefix import pooled_attention, prefix_scores, resolve_mode
+from red_rlhf.models.prefix import pooled_attention, prefix_scores, resolve_mode, sequence_scores
 
 FORMATS = ("auto", "chat", "concat", "pair")
 TRAINED_FORMAT_KEY = "red_rlhf_input_format"  # in a reward model's config: how its training inputs were laid out
@@ -176,6 +176,7 @@ class _Encoded:
     response_ends: list[int]  # end (in response characters) of each reward-model response token
     first: int  # index of the first response token
     last: int  # index of the last response token
+    prompt_alone: list[int] | None = None  # the prompt encoded on its own, when a token spans the boundary
 
 
 class HFRewardModel:
@@ -275,6 +276,16 @@ class HFRewardModel:
             enc = tok(text, return_offsets_mapping=True, add_special_tokens=self.format != "chat")
             in_response = [e > start and s < stop and e > s for s, e in enc["offset_mapping"]]
             ends = [min(e, stop) - start for (s, e), r in zip(enc["offset_mapping"], in_response) if r]
+            if any(s < start < e for s, e in enc["offset_mapping"]):
+                # A token spans the prompt/response boundary (prompt "...was go", response "od fun"): the joint
+                # encoding has no prefix that is the prompt, so R(x) is read from the prompt encoded alone.
+                # The straddling token counts as the response's first: rows still sum to R(x, y) - R(x).
+                alone = tok(head, add_special_tokens=self.format != "chat").input_ids
+                return self._encoded(enc, in_response, ends, prompt, response, alone)
+        return self._encoded(enc, in_response, ends, prompt, response, None)
+
+    @staticmethod
+    def _encoded(enc, in_response, ends, prompt, response, prompt_alone) -> _Encoded:
         index = [i for i, r in enumerate(in_response) if r]
         if not index:
             raise ValueError(f"the response {response!r} gives the reward model no tokens")
@@ -285,7 +296,7 @@ class HFRewardModel:
                 f"prompt {prompt[:40]!r} gives the reward model no token before the response, so R(x) cannot be "
                 "read: give a non-empty prompt or use a tokenizer that adds a BOS token"
             )
-        return _Encoded(list(enc["input_ids"]), enc.get("token_type_ids"), ends, index[0], index[-1])
+        return _Encoded(list(enc["input_ids"]), enc.get("token_type_ids"), ends, index[0], index[-1], prompt_alone)
 
     def _batch_scores(self, rows: list[_Encoded], need_attention: bool):
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -305,15 +316,24 @@ class HFRewardModel:
             batch = list(zip(prompts[lo: lo + self.batch_size], responses[lo: lo + self.batch_size], cuts[lo: lo + self.batch_size], strict=True))
             rows = [self._encode(p, r) for p, r, _ in batch]
             scores, attention = self._batch_scores(rows, need_attention)
+            straddling = [i for i, row in enumerate(rows) if row.prompt_alone is not None]
+            alone = {}
+            if straddling:  # R(x) of prompts whose last token the response continues: one more pass, those rows only
+                pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+                values = sequence_scores(self.model, [rows[i].prompt_alone for i in straddling], pad,
+                                         label_index=self.label_index)
+                alone = dict(zip(straddling, values.tolist()))
             for i, (row, (_, response, row_cuts)) in enumerate(zip(rows, batch)):
                 check_cuts(row_cuts, len(response))
                 s = scores[i].tolist()
                 rm_scores = s[row.first: row.last + 1]
                 final = s[len(row.input_ids) - 1]  # where a causal classifier pools: the last real token
-                for value in rm_scores + [final, s[row.first - 1]]:
+                prompt_score = alone.get(i, s[row.first - 1])
+                for value in rm_scores + [final, prompt_score]:
                     _finite(value, f"response {response[:40]!r}")
                 shares = None
                 if attention is not None:
                     shares = sums_between_cuts(row.response_ends, attention[i, row.first: row.last + 1].tolist(), row_cuts)
-                out.append(CutScores(s[row.first - 1], scores_at_cuts(row.response_ends, rm_scores, s[row.first - 1], final, row_cuts), shares))
+                out.append(CutScores(prompt_score, scores_at_cuts(row.response_ends, rm_scores, prompt_score, final,
+                                                                  row_cuts), shares))
         return out
