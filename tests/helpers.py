@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import io
+import os
 import random
+import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -120,3 +124,41 @@ def check_curves(png_path, figure, rows: list[dict], size: tuple[int, int]) -> N
             assert list(drawn[label].get_xdata()) == list(steps), (title, label)
             assert list(drawn[label].get_ydata()) == list(values), (title, label)
             assert colour_pixels(panel, to_hex(drawn[label].get_color())) > 0, (title, label)
+
+
+# ---------------------------------------------------------------- training runs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def toy(tmp_path, *overrides, name="run"):
+    """configs/toy.yaml in tmp_path/name, without tensorboard, evaluation or periodic saves (each overridable)."""
+    from red_rlhf.config import load_config
+
+    base = ["--train.tensorboard=false", "--train.eval_every=0", "--data.eval_size=0", "--train.save_every=0",
+            f"--train.output_dir={tmp_path / name}"]
+    return load_config("configs/toy.yaml", base + list(overrides))
+
+
+def torchrun(n: int, *args: str) -> None:
+    launcher = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    done = subprocess.run([launcher, "--standalone", f"--nproc_per_node={n}", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def run_workers(n: int, out: Path) -> dict:
+    """One PPO step of tests/dp_worker.py on n processes; what it saved (weights, stats)."""
+    torchrun(n, str(ROOT / "tests" / "dp_worker.py"), str(out))
+    return torch.load(out, weights_only=False)
+
+
+class RunsCode:
+    """Unpickling this calls open(path, "w"): a stand-in for any code a hostile checkpoint could run."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))

@@ -9,17 +9,7 @@ import torch
 from red_rlhf.training import checkpoint
 from red_rlhf.training.checkpoint import CheckpointError
 from red_rlhf.training.trainer import Trainer
-from tests.test_train import toy
-
-
-class RunsCode:
-    """Unpickling this calls open(path, "w"): a stand-in for any code a hostile checkpoint could run."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
+from tests.helpers import RunsCode, toy
 
 
 @pytest.fixture(scope="module")

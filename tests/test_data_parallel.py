@@ -1,29 +1,12 @@
 """Tier 3: invariance: one update with 2 processes x 4 rollouts equals 1 process x 8 (torchrun, gloo, CPU)."""
 
 import json
-import os
-import shutil
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def torchrun(n: int, *args: str) -> None:
-    launcher = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    done = subprocess.run([launcher, "--standalone", f"--nproc_per_node={n}", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-
-
-def run_workers(n: int, out: Path) -> dict:
-    torchrun(n, str(ROOT / "tests" / "dp_worker.py"), str(out))
-    return torch.load(out, weights_only=False)
+from tests.helpers import run_workers, torchrun
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is tested on Linux")

@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from red_rlhf.training.checkpoint import CheckpointError, check_sharded
-from tests.test_checkpoint import RunsCode
-from tests.test_data_parallel import ROOT, run_workers, torchrun
+from tests.helpers import ROOT, RunsCode, run_workers, torchrun
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is tested on Linux")
 

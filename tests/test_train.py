@@ -11,13 +11,7 @@ from red_rlhf.training import checkpoint
 from red_rlhf.config import ConfigError, load_config
 from red_rlhf.core.advantages import kl_per_token
 from red_rlhf.training.trainer import Trainer
-from tests.helpers import check_curves, model_score, real
-
-
-def toy(tmp_path, *overrides, name="run"):
-    base = ["--train.tensorboard=false", "--train.eval_every=0", "--data.eval_size=0", "--train.save_every=0",
-            f"--train.output_dir={tmp_path / name}"]
-    return load_config("configs/toy.yaml", base + list(overrides))
+from tests.helpers import check_curves, model_score, real, toy
 
 
 def params(model):
