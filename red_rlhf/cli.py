@@ -124,12 +124,14 @@ def cmd_train_rm(args: argparse.Namespace) -> None:
                                         batch_size=args.batch_size, max_length=args.max_length,
                                         all_positions=args.all_positions, seed=args.seed,
                                         on_step=lambda loss: bar.update(task, advance=1, description=f"reward model  loss {loss:.3f}"))
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    from red_rlhf.training.export import push_to_hub, save_reward_model
+
     result.update(train_pairs=len(train), held_out_pairs=len(held_out))
-    (out / "rm_metrics.json").write_text(json.dumps(result, indent=2))
+    how = ("score head alone on frozen features" if args.head_only else f"{args.epochs} epochs, lr {args.lr:g}") + (
+        f", first {args.keep_layers} blocks kept" if args.keep_layers is not None else "")
+    out = save_reward_model(model, tokenizer, args.output_dir, base=args.model, data=args.data, metrics=result, how=how)
+    if args.push_to_hub:
+        push_to_hub(out, args.push_to_hub, message="red-rlhf: Bradley-Terry reward model")
     print(f"held-out pairwise accuracy: {result['accuracy_before']:.3f} before, {result['accuracy_after']:.3f} after "
           f"({len(held_out)} pairs); model saved to {out}")
 
@@ -244,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("--weight-decay", type=float, default=0.03, help="--head-only: L2 penalty on the standardised head")
     rm.add_argument("--head-iterations", type=int, default=400, help="--head-only: full-batch Adam iterations")
     rm.add_argument("--seed", type=int, default=0)
+    rm.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the saved folder to this hub model repo")
     rm.set_defaults(func=cmd_train_rm)
 
     prep = sub.add_parser("prepare-data", help="build the embedded task's data from human sentiment ratings (cached)")

@@ -119,10 +119,9 @@ def test_bad_inputs_fail_clearly_and_save_nothing(tmp_path):
         Trainer(toy(tmp_path, f"--data.prompts={empty}"))
     long = tmp_path / "long.txt"
     long.write_text("the movie was " * 30 + "\nthe plot\n")
-    trainer = Trainer(toy(tmp_path, f"--data.prompts={long}", "--rollout.batch_size=2", "--algo.mini_batch_size=2",
-                          "--rollout.max_prompt_tokens=16", name="long"))
-    with pytest.raises(ValueError, match="more than rollout.max_prompt_tokens=16"):
-        trainer.train()
+    with pytest.raises(ConfigError, match=r"data.prompts: prompt 0 .* more than rollout.max_prompt_tokens=16"):
+        Trainer(toy(tmp_path, f"--data.prompts={long}", "--rollout.batch_size=2", "--algo.mini_batch_size=2",
+                    "--rollout.max_prompt_tokens=16", name="long"))  # checked for every prompt before training
     with pytest.raises(ConfigError, match="exceeds the policy's context of 128 tokens"):
         Trainer(toy(tmp_path, "--rollout.max_prompt_tokens=120", "--rollout.max_new_tokens=20"))
     trainer = Trainer(toy(tmp_path, "--reward.function=tests.nan_reward:reward", "--reward.takes_prompt=false",

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from red_rlhf.training import checkpoint
+from red_rlhf.training import checkpoint, tracking
+from red_rlhf.training.export import export_policy
 from red_rlhf.core.advantages import kl_per_token, masked_mean, shape_rewards
 from red_rlhf.config import Config, ConfigError, reward_sources, to_dict
 from red_rlhf.data.prompts import PromptOrder, train_eval_prompts
@@ -54,10 +55,10 @@ class Trainer:
 
         self.cfg = cfg
         out = Path(cfg.train.output_dir)
-        trackers = "tensorboard" if cfg.train.tensorboard and _has_tensorboard() else None
         # cpu=True on machines without an accelerator: only then does accelerate join torchrun's processes (gloo)
         cpu_only = not (torch.cuda.is_available() or torch.backends.mps.is_available())
-        self.acc = accelerator or Accelerator(cpu=cpu_only, log_with=trackers, project_dir=str(out))
+        self.acc = accelerator or Accelerator(cpu=cpu_only, log_with=tracking.tracker_names(cfg.train) or None,
+                                              project_dir=str(out))
         set_seed(cfg.train.seed + self.acc.process_index)
         self.out = out
         self.policy, self.tokenizer = load_policy(cfg)
@@ -92,7 +93,8 @@ class Trainer:
                 self.policy, self.critic, self.policy_opt, self.critic_opt)
         else:
             self.policy, self.policy_opt = self.acc.prepare(self.policy, self.policy_opt)
-        train_prompts, self.eval_prompts = train_eval_prompts(cfg.data)
+        train_prompts, self.eval_prompts = train_eval_prompts(cfg.data, self.tokenizer, chat_template=cfg.policy.chat_template,
+                                                              max_prompt_tokens=cfg.rollout.max_prompt_tokens)
         self.order = PromptOrder(train_prompts, cfg.train.seed, self.acc.process_index, self.acc.num_processes)
         self.kl = AdaptiveKL(cfg.kl.coef, cfg.kl.target if cfg.kl.adaptive else None, cfg.kl.horizon)
         self.step = 0
@@ -216,7 +218,7 @@ class Trainer:
         if self.acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(to_dict(c), indent=2))
-        self.acc.init_trackers("red-rlhf", config=_flat(to_dict(c)))
+        self.acc.init_trackers("red-rlhf", config=tracking.flat_config(to_dict(c)))
         history = []
         previous = signal.signal(signal.SIGINT, self._on_interrupt) if _main_thread() else None
         try:
@@ -285,6 +287,7 @@ class Trainer:
                 for prompt, text, score in zip(ro.prompts, texts, final):
                     f.write(json.dumps({"step": self.step, "prompt": prompt, "response": text, "score": score}) + "\n")
             _print_samples(self.step, ro.prompts, texts, final)
+        tracking.log_eval_heatmap(self, ro.prompts, texts)
         return {"eval_reward_mean": sum(final) / len(final), "eval_kl": sum(kl) / len(kl),
                 "eval_response_length": ro.response_mask.sum(-1).float().mean().item()}
 
@@ -351,13 +354,11 @@ class Trainer:
             self.critic_opt.load_state_dict(state["critic_opt"])
             self.critic_sched.load_state_dict(state["critic_sched"])
 
-    def export(self) -> None:
-        """The trained policy (or its LoRA adapter) and tokenizer, loadable by from_pretrained."""
+    def export(self, hub_api=None) -> None:
+        """The trained policy as standard HF folders with a card (training/export.py); train.push_to_hub pushes it."""
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
-            target = self.out / "policy"
-            self.acc.unwrap_model(self.policy).save_pretrained(target)
-            self.tokenizer.save_pretrained(target)
+            export_policy(self.acc.unwrap_model(self.policy), self.tokenizer, self.cfg, self.out, self.step, hub_api)
 
 
 def _print_samples(step: int, prompts, texts, scores, rows: int = 3) -> None:
@@ -372,26 +373,8 @@ def _print_samples(step: int, prompts, texts, scores, rows: int = 3) -> None:
     Console().print(table)
 
 
-def _has_tensorboard() -> bool:
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
 
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{name}."))
-        else:
-            out[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return out
