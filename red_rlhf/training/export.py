@@ -107,7 +107,7 @@ def policy_card(cfg: Config, steps: int, evaluation: dict, adapters: bool) -> st
     return _front_matter(base, "peft" if adapters else "transformers", tags, "text-generation") + f"""
 # red-rlhf policy
 
-{what}, trained with red-rlhf ({cfg.algo.algorithm.upper()}, {steps} steps, KL coefficient {cfg.kl.coef:g}
+{what[0].upper() + what[1:]}, trained with red-rlhf ({cfg.algo.algorithm.upper()}, {steps} steps, KL coefficient {cfg.kl.coef:g}
 {'adaptive' if cfg.kl.adaptive else 'fixed'}, token-level rewards).
 
 ## Reward sources
@@ -116,7 +116,7 @@ def policy_card(cfg: Config, steps: int, evaluation: dict, adapters: bool) -> st
 | --- | --- | --- | --- | --- |
 {sources}
 
-Schemes: `red` spreads each reward model score over the response tokens as prefix-score differences, `sparse`
+Schemes: `red` spreads each source's score over the response tokens as prefix-score differences, `sparse`
 puts it on the last token, `abc` spreads it by attention.
 
 ## Final held-out numbers
