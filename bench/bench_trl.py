@@ -38,8 +38,12 @@ What is measured:
   the timed steps of all rounds. Ours from its per-step phase times and a timer around generate(); TRL's from
   timers around its batch_generation, gc.collect and log and a mark at its first PPO forward of the step.
 
-The last lines are `trl: ...` summaries a script can read; the very last one is the like-for-like (sparse) one:
-`trl: ours/trl tokens_per_s = R, peak_rss ours/trl = M (batch B, N new tokens, E epochs)`.
+Sides: ours-sparse, ours-red, trl (TRL's PPOTrainer as it is) and trl-nogc (the same with its two per-step
+gc.collect() calls made no-ops, so the comparison is of the computation itself). Ours is timed through the
+trainer's public hooks and per-phase seconds (`Trainer.on_step_end`, `time_generate_s`), nothing patched.
+The last lines are summaries a script can read: `red: step seconds ours-red/ours-sparse = X`, then
+`trl: ours/PEER tokens_per_s = R, peak_rss ours/PEER = M (batch B, N new tokens, E epochs)` for PEER trl-nogc and
+trl; the very last one is the like-for-like (sparse) one against TRL as it is.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ from pathlib import Path
 
 # Rich wraps tables at 80 columns when output is piped; the tables need more.
 WIDTH = 140
-SIDES = ("ours-sparse", "trl", "ours-red")
+SIDES = ("ours-sparse", "trl", "trl-nogc", "ours-red")
 
 
 def parse_args() -> argparse.Namespace:
@@ -143,7 +147,6 @@ def _peak_bytes() -> int:
 
 
 def run_ours(args: argparse.Namespace, scheme: str, models: Path, out: Path) -> dict:
-    import red_rlhf.training.trainer as trainer_module
     from red_rlhf.config import Config, validate
     from red_rlhf.training.trainer import Trainer
 
@@ -161,38 +164,24 @@ def run_ours(args: argparse.Namespace, scheme: str, models: Path, out: Path) -> 
     cfg.train.steps, cfg.train.seed = args.warmup + args.steps, args.seed
     cfg.train.output_dir, cfg.train.save_every, cfg.train.tensorboard = str(out / "run"), 0, False
     trainer = Trainer(validate(cfg))
-
-    generate = []  # seconds in generate() per step
-    sample = trainer_module.sample
-
-    def timed_sample(*a, **k):
-        t = time.perf_counter()
-        result = sample(*a, **k)
-        generate.append(time.perf_counter() - t)
-        return result
-
-    trainer_module.sample = timed_sample
-    ends, log = [], trainer._log
-
-    def timed_log(metrics):
-        log(metrics)
-        ends.append((time.perf_counter(), _peak_bytes()))
-
-    trainer._log = timed_log
+    ends = []  # (time, peak RSS) at the end of each step, through the trainer's public hook
+    trainer.on_step_end.append(lambda metrics: ends.append((time.perf_counter(), _peak_bytes())))
     rss_start = _rss_bytes()
     history = trainer.train()  # the final checkpoint and export come after the last end mark
     steps = []
     for i in range(args.warmup, len(history)):
         m = history[i]
         interval = ends[i][0] - ends[i - 1][0]
-        rest = m["time_rollout_s"] - generate[i] + m["time_score_s"] + m["time_kl_shape_s"] + m["time_advantages_s"]
-        steps.append({"interval": interval, "tokens": m["response_length"] * args.batch, "generate": generate[i],
+        generate = m["time_generate_s"]
+        rest = m["time_rollout_s"] - generate + m["time_score_s"] + m["time_rewards_s"] + m["time_advantages_s"]
+        steps.append({"interval": interval, "tokens": m["response_length"] * args.batch, "generate": generate,
                       "rollout_rest": rest, "update": m["time_update_s"], "gc": 0.0,
-                      "other": interval - generate[i] - rest - m["time_update_s"]})
+                      "other": interval - generate - rest - m["time_update_s"]})
     return {"steps": steps, "peak": ends[-1][1], "rss_start": rss_start}
 
 
-def run_trl(args: argparse.Namespace, models: Path, out: Path) -> dict:
+def run_trl(args: argparse.Namespace, models: Path, out: Path, collect_garbage: bool = True) -> dict:
+    """TRL's PPOTrainer as it is, or (collect_garbage=False) with its per-step gc.collect() calls made no-ops."""
     import gc
 
     from datasets import Dataset
@@ -247,7 +236,7 @@ def run_trl(args: argparse.Namespace, models: Path, out: Path) -> dict:
 
         def collect(self, *a):
             t = time.perf_counter()
-            found = gc.collect(*a)
+            found = gc.collect(*a) if collect_garbage else 0
             gc_calls.append((t, time.perf_counter() - t))
             return found
 
@@ -292,7 +281,10 @@ def worker(args: argparse.Namespace) -> None:
     side, models, out = args.worker[0], Path(args.worker[1]), Path(args.worker[2])
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = run_trl(args, models, out) if side == "trl" else run_ours(args, side.split("-")[1], models, out)
+    if side.startswith("trl"):
+        result = run_trl(args, models, out, collect_garbage=side == "trl")
+    else:
+        result = run_ours(args, side.split("-")[1], models, out)
     result["threads"] = torch.get_num_threads()
     print("RESULT " + json.dumps(result))
 
@@ -339,7 +331,7 @@ def main() -> None:
         trl_version = version("trl")
     except PackageNotFoundError:
         trl_version = None
-    if "trl" in args.sides and trl_version is None:
+    if any(side.startswith("trl") for side in args.sides) and trl_version is None:
         raise SystemExit("trl is not installed: .venv/bin/pip install -e '.[bench]' (trl==1.12.0)")
     versions = {name: version(name) for name in ("torch", "transformers", "accelerate", "datasets")
                 if name != "datasets" or trl_version}
@@ -388,7 +380,7 @@ def main() -> None:
                f"{med(side, lambda res: statistics.mean(s['tokens'] for s in res['steps'])):.0f}",
                f"{min(tps):.0f}..{max(tps):.0f}", f"{med(side, lambda res: res['peak']) / 2**20:.0f}",
                f"{med(side, lambda res: max(0, res['peak'] - res['rss_start'])) / 2**20:.0f}"]
-        if "trl" in results and side != "trl":
+        if "trl" in results and not side.startswith("trl"):
             row += [f"{med(side, tokens_per_s) / med('trl', tokens_per_s):.2f}",
                     f"{med(side, lambda res: res['peak']) / med('trl', lambda res: res['peak']):.2f}"]
         else:
@@ -416,12 +408,16 @@ def main() -> None:
         f"{os.getloadavg()[0]:.2f} (this benchmark alone adds about 1)")
 
     setting = f"(batch {args.batch}, {args.new_tokens} new tokens, {args.epochs} epochs)"
-    if "trl" in results:
+    if "ours-red" in results and "ours-sparse" in results:
+        cost = med("ours-red", lambda res: statistics.median(s["interval"] for s in res["steps"])) / \
+            med("ours-sparse", lambda res: statistics.median(s["interval"] for s in res["steps"]))
+        print(f"red: step seconds ours-red/ours-sparse = {cost:.3f} {setting}")
+    for peer in [p for p in ("trl-nogc", "trl") if p in results]:
         for side in [s for s in ("ours-red", "ours-sparse") if s in results]:
             name = "ours" if side == "ours-sparse" else "ours-red"
-            speed = med(side, tokens_per_s) / med("trl", tokens_per_s)
-            memory = med(side, lambda res: res["peak"]) / med("trl", lambda res: res["peak"])
-            print(f"trl: {name}/trl tokens_per_s = {speed:.2f}, peak_rss {name}/trl = {memory:.2f} {setting}")
+            speed = med(side, tokens_per_s) / med(peer, tokens_per_s)
+            memory = med(side, lambda res: res["peak"]) / med(peer, lambda res: res["peak"])
+            print(f"trl: {name}/{peer} tokens_per_s = {speed:.2f}, peak_rss {name}/{peer} = {memory:.2f} {setting}")
 
 
 if __name__ == "__main__":

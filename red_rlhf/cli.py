@@ -266,8 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
                       f"SmolLM2-135M-Instruct) or 'tiny' (a random toy, for trying the pipeline) (default {d.policy})")
     demo.add_argument("--rm-backbone", help=f"HF decoder name/path for the reward model, 'smollm2' or 'tiny' "
                       f"(default {d.rm_backbone})")
-    demo.add_argument("--reward-scheme", choices=SCHEMES, help=f"token rewards for PPO (default {d.reward_scheme})")
-    demo.add_argument("--steps", type=int, help=f"PPO steps (default {d.steps})")
+    demo.add_argument("--reward-scheme", choices=SCHEMES, help="token rewards for PPO (default: configs/demo.yaml's reward.scheme)")
+    demo.add_argument("--steps", type=int, help="PPO steps (default: configs/demo.yaml's train.steps)")
     demo.add_argument("--rm-pairs", type=_count_or_all, help=f"reward-model training pairs, or 'all' (default {d.rm_pairs})")
     demo.add_argument("--rm-keep-layers", type=_count_or_all,
                       help=f"cut the reward model's trunk to its first N blocks, or 'all' (default {d.rm_keep_layers})")
@@ -277,8 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rm-final-only", action="store_true",
                       help="train the reward model on final scores only (holistic), not on every position after the "
                            "responses diverge")
-    demo.add_argument("--policy-lr", type=float, help=f"learning rate of the LoRA adapters (default {d.policy_lr})")
-    demo.add_argument("--temperature", type=float, help=f"sampling temperature (default {d.temperature})")
+    demo.add_argument("--policy-lr", type=float,
+                      help="learning rate of the LoRA adapters (default: configs/demo.yaml's algo.policy_lr)")
+    demo.add_argument("--temperature", type=float,
+                      help="sampling temperature (default: configs/demo.yaml's rollout.temperature)")
     demo.add_argument("--eval-prompts", type=int, help=f"held-out prompts evaluated before and after (default {d.eval_prompts})")
     demo.add_argument("--sdist", help="a local vaderSentiment-3.3.2.tar.gz instead of downloading it with pip")
     demo.add_argument("--seed", type=int, help="data split, reward model and RL run (default 0)")

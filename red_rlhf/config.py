@@ -60,16 +60,33 @@ class SourceConfig:
     """Input format of an HF model: "auto", "chat", "concat" or "pair"."""
 
 
+SOURCE_SHORTHAND = ("model", "function", "takes_prompt", "scheme", "mode", "format")
+
+
+def _shorthand(key: str) -> property:
+    """reward.KEY: the one-source short form of reward.sources[0].KEY (a source named "reward")."""
+
+    def get(self):
+        return getattr(self.sources[0], key) if len(self.sources) == 1 else getattr(SourceConfig(), key)
+
+    def set(self, value):
+        if len(self.sources) > 1:
+            raise ConfigError(f"reward.{key} is the one-source short form; with {len(self.sources)} reward.sources set "
+                              f"reward.sources[i].{key}")
+        if not self.sources:
+            self.sources.append(SourceConfig(name="reward"))
+        setattr(self.sources[0], key, value)
+
+    return property(get, set, doc=f"Short for reward.sources[0].{key} when there is one source.")
+
+
 @dataclass
 class RewardConfig:
-    model: str | None = None
-    """HF reward model (a *ForSequenceClassification) name or path. Exactly one of model / function / sources."""
-    function: str | None = None
-    """A python reward "package.module:function", text -> float (or (prompt, response) -> float, see takes_prompt)."""
-    takes_prompt: bool = False
-    """The function is called as f(prompt, response_prefix) instead of f(prompt + response_prefix)."""
-    scheme: str = "red"
-    """Reward placement: "red" (per-token redistribution), "sparse" (last token only) or "abc" (attention credit)."""
+    sources: list[SourceConfig] = field(default_factory=list)
+    """The reward sources (YAML list of SourceConfig mappings): each is scored, placed by its own scheme, weighted,
+    and their token rewards add up per token. One source is usually written in short form: reward.model (or
+    reward.function, reward.takes_prompt), reward.scheme, reward.mode, reward.format set the fields of a single
+    source named "reward". beta_c, first_token, abc_beta and the score_* normalisation apply to every source."""
     beta_c: float = 1.0
     """RED blend: beta_c * RED + (1 - beta_c) * sparse. The paper uses 1."""
     first_token: str = "difference"
@@ -84,13 +101,13 @@ class RewardConfig:
     """Clip normalised prefix scores to [-score_clip, score_clip] before placement; None: no clipping."""
     missing_eos_penalty: float | None = None
     """Subtracted from the last token's reward of a response cut at max_new_tokens without EOS; None: no penalty."""
-    mode: str = "auto"
-    """Scoring mode of an HF reward model: "auto", "causal" or "prefix"."""
-    format: str = "auto"
-    """How prompt + response become the reward model's input: "auto", "chat", "concat" or "pair"."""
-    sources: list[SourceConfig] = field(default_factory=list)
-    """Several reward sources (YAML list of SourceConfig mappings) instead of model / function / scheme; their
-    token rewards add up per token. beta_c, first_token, abc_beta and the score_* normalisation apply to each."""
+
+    model = _shorthand("model")
+    function = _shorthand("function")
+    takes_prompt = _shorthand("takes_prompt")
+    scheme = _shorthand("scheme")
+    mode = _shorthand("mode")
+    format = _shorthand("format")
 
 
 @dataclass
@@ -255,10 +272,9 @@ def _positive(name: str, value, allow_zero: bool = False) -> None:
 def validate(cfg: Config) -> Config:
     """Check the whole config; raise ConfigError naming the first field that cannot work."""
     r, ro, a, k, t = cfg.reward, cfg.rollout, cfg.algo, cfg.kl, cfg.train
-    if r.sources and (r.model is not None or r.function is not None):
-        raise ConfigError("reward.sources replaces reward.model / reward.function: set either the list or one of those")
-    if not r.sources and (r.model is None) == (r.function is None):
-        raise ConfigError("set exactly one of reward.model (an HF reward model) and reward.function (module:function)")
+    if not r.sources:
+        raise ConfigError("no reward: set reward.model (an HF reward model), reward.function (module:function) or "
+                          "reward.sources")
     _validate_sources(cfg)
     _choice("reward.first_token", r.first_token, FIRST_TOKEN_RULES)
     if not 0 <= r.beta_c <= 1:
@@ -325,12 +341,12 @@ def _validate_data(cfg: Config) -> None:
 
 
 def reward_sources(cfg: Config) -> list[SourceConfig]:
-    """The run's reward sources: reward.sources, or the single source of reward.model / function / scheme."""
-    r = cfg.reward
-    if r.sources:
-        return r.sources
-    return [SourceConfig(name="reward", model=r.model, function=r.function, takes_prompt=r.takes_prompt,
-                         scheme=r.scheme, mode=r.mode, format=r.format)]
+    """The run's reward sources (one, named "reward", when the config uses the short form)."""
+    return cfg.reward.sources
+
+
+def _short_form(cfg: Config) -> bool:
+    return len(cfg.reward.sources) == 1 and cfg.reward.sources[0].name == "reward"
 
 
 def primary_source(cfg: Config) -> SourceConfig:
@@ -339,14 +355,17 @@ def primary_source(cfg: Config) -> SourceConfig:
 
 
 def _validate_sources(cfg: Config) -> None:
-    single = not cfg.reward.sources
+    single = _short_form(cfg)
     names = []
     for i, s in enumerate(reward_sources(cfg)):
         where = "reward" if single else f"reward.sources[{i}]"
-        if not single and not s.name:
+        if not s.name:
             raise ConfigError(f"{where}.name is empty: every source needs a name (it labels metrics and errors)")
         names.append(s.name)
         if (s.model is None) == (s.function is None):
+            if single:
+                raise ConfigError("set exactly one of reward.model (an HF reward model) and reward.function "
+                                  "(module:function)")
             raise ConfigError(f"{where} ({s.name}): set exactly one of model and function")
         if s.function is not None and ":" not in s.function:
             raise ConfigError(f"{where}.function must look like 'package.module:function', got {s.function!r}")
@@ -435,6 +454,8 @@ def _apply(cfg: Config, section: str, key: str, value) -> None:
         raise ConfigError(f"unknown config section {section!r}; sections are {sorted(sections)}")
     obj = getattr(cfg, section)
     hints = typing.get_type_hints(type(obj))
+    if section == "reward" and key in SOURCE_SHORTHAND:  # the one-source short form of reward.sources
+        hints = {key: typing.get_type_hints(SourceConfig)[key]}
     if key not in hints:
         raise ConfigError(f"unknown config key {section}.{key}; {section} has {sorted(hints)}")
     if isinstance(value, str) and value.lower() in ("null", "none") and type(None) in typing.get_args(hints[key]):
@@ -451,6 +472,10 @@ def from_dict(data: dict) -> Config:
             continue
         if not isinstance(values, dict):
             raise ConfigError(f"config section {section!r} must be a mapping of keys")
+        short = sorted(set(values) & set(SOURCE_SHORTHAND))
+        if section == "reward" and "sources" in values and short:
+            raise ConfigError(f"reward.sources replaces the one-source short form reward.{short[0]}: set either the "
+                              "list or the short form")
         for key, value in values.items():
             _apply(cfg, section, key, value)
     return cfg
@@ -466,20 +491,59 @@ def parse_override(text: str) -> tuple[str, str, str]:
     return section, key, value
 
 
-def load_config(path: str | None, overrides: list[str] = ()) -> Config:
-    """YAML file (optional) + command-line overrides -> a validated Config."""
+CONFIG_DIR = Path(__file__).parent / "configs"  # the shipped configs, inside the package
+
+
+def shipped_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def find_config(name: str) -> Path:
+    """A config file's path: the file itself, or a shipped config by name ("toy", "demo", "toy.yaml")."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    shipped = CONFIG_DIR / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
+    if path.parent in (Path("."), Path("configs")) and shipped.is_file():
+        return shipped
+    raise ConfigError(f"config file {name} does not exist (shipped configs, usable by name: {', '.join(shipped_configs())})")
+
+
+def read_yaml(name: str, _seen: tuple[Path, ...] = ()) -> dict:
+    """A config file as a mapping of sections. `base: NAME` loads that config first; this file's keys override it
+    (section by section, key by key; a list such as reward.sources is replaced whole)."""
     import yaml
 
-    data = {}
-    if path is not None:
-        file = Path(path)
-        if not file.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
-    cfg = from_dict(data)
+    path = find_config(name)
+    if path.resolve() in _seen:
+        raise ConfigError(f"config file {path}: its base chain loops back to itself")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping of sections")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"config file {path}: base must name a config file, got {base!r}")
+    merged = read_yaml(base if Path(base).is_absolute() or not (path.parent / base).is_file() else str(path.parent / base),
+                       _seen + (path.resolve(),))
+    for section, values in data.items():
+        if isinstance(values, dict) and isinstance(merged.get(section), dict):
+            if section == "reward" and ("sources" in values or set(values) & set(SOURCE_SHORTHAND)):
+                for key in ("sources", *SOURCE_SHORTHAND):  # a new reward replaces the base's whole
+                    merged[section].pop(key, None)
+            merged[section] = {**merged[section], **values}
+        else:
+            merged[section] = values
+    return merged
+
+
+def load_config(path: str | None, overrides: list[str] = ()) -> Config:
+    """YAML file (optional; a path or a shipped config's name) + command-line overrides -> a validated Config."""
+    cfg = from_dict(read_yaml(path) if path is not None else {})
     for text in overrides:
         _apply(cfg, *parse_override(text))
     return validate(cfg)

@@ -11,7 +11,7 @@ from red_rlhf.core.advantages import (
 )
 from red_rlhf.core.losses import policy_loss, value_loss
 from red_rlhf.core.redistribute import redistribute
-from red_rlhf.models.sources import CutScores, place_rewards
+from red_rlhf.core.reward_assembly import RewardSettings, SourceScores, assemble_rewards
 from red_rlhf.training.rollout import truncate_at_eos
 
 
@@ -127,19 +127,29 @@ def test_drawn_row_eos_truncation_placement_and_kl_shaping():
     assert mask.tolist() == [[True, True, True, False, False], [True] * 5]
     assert ended.tolist() == [True, False]
     assert ids[0].tolist() == [7, 8, eos, pad, pad]
-    # prefix scores after each response token (last = R(x, y)); prompt score 0.5
-    scored = [CutScores(0.5, [1.0, 0.0, 2.0]), CutScores(0.0, [0.1, 0.2, 0.3, 0.4, 0.5])]
-    rewards, final = place_rewards(scored, 5, "red")
-    torch.testing.assert_close(rewards[0], torch.tensor([0.5, -1.0, 2.0, 0.0, 0.0]))  # the EOS keeps its reward
-    torch.testing.assert_close(final, torch.tensor([2.0, 0.5]))
-    sparse, _ = place_rewards(scored, 5, "sparse")
-    torch.testing.assert_close(sparse[0], torch.tensor([0.0, 0.0, 2.0, 0.0, 0.0]))
+    # prefix scores after each response token (last = R(x, y)); prompt scores 0.5 and 0.0
+    prompt = torch.tensor([0.5, 0.0])
+    tokens = torch.where(mask, torch.tensor([[1.0, 0.0, 2.0, 9.0, 9.0], [0.1, 0.2, 0.3, 0.4, 0.5]]), 0.0)
+
+    def assemble(scheme="red", **settings):
+        return assemble_rewards([SourceScores("rm", prompt, tokens, scheme)], mask, RewardSettings(**settings))
+
+    red = assemble()
+    torch.testing.assert_close(red.rewards[0], torch.tensor([0.5, -1.0, 2.0, 0.0, 0.0]))  # the EOS keeps its reward
+    torch.testing.assert_close(red.final_raw["rm"], torch.tensor([2.0, 0.5]))
+    torch.testing.assert_close(assemble("sparse").rewards[0], torch.tensor([0.0, 0.0, 2.0, 0.0, 0.0]))
     kl = torch.full((2, 5), 0.5)
-    shaped = shape_rewards(rewards, kl, mask, kl_coef=0.1)
+    shaped = assemble_rewards([SourceScores("rm", prompt, tokens)], mask, kl=kl, kl_coef=0.1).rewards
     torch.testing.assert_close(shaped[0], torch.tensor([0.45, -1.05, 1.95, 0.0, 0.0]))
+    torch.testing.assert_close(shaped, shape_rewards(red.rewards, kl, mask, kl_coef=0.1))
     # normalisation and clipping act on prefix scores: the sum telescopes to the normalised difference
-    normed, _ = place_rewards(scored, 5, "red", shift=1.0, scale=2.0, clip=0.4)
-    assert normed[0].sum().item() == pytest.approx(min((2.0 - 1) / 2, 0.4) - (0.5 - 1) / 2)
+    normed = assemble(score_shift=1.0, score_scale=2.0, score_clip=0.4)
+    assert normed.rewards[0].sum().item() == pytest.approx(min((2.0 - 1) / 2, 0.4) - (0.5 - 1) / 2)
+    assert normed.final_normalised["rm"][0].item() == pytest.approx(0.4) and normed.final_raw["rm"][0].item() == 2.0
+    # the missing-EOS penalty hits the last token of the row cut without EOS only
+    penalised = assemble_rewards(
+        [SourceScores("rm", prompt, tokens)], mask, RewardSettings(missing_eos_penalty=1.0), ended=ended).rewards
+    torch.testing.assert_close(penalised - red.rewards, torch.tensor([[0.0] * 5, [0.0, 0.0, 0.0, 0.0, -1.0]]))
 
 
 def test_whitening():

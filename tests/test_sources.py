@@ -5,9 +5,9 @@ import torch
 
 from red_rlhf.training import checkpoint
 from red_rlhf.config import ConfigError, load_config, validate
-from red_rlhf.models.sources import place_rewards
-from red_rlhf.training.rollout import response_cuts, score_responses
-from red_rlhf.training.multi_source import LagrangeMultiplier, SourceError
+from red_rlhf.core.reward_assembly import SourceScores, assemble_rewards
+from red_rlhf.models.sources import SourceError
+from red_rlhf.training.controllers import LagrangeMultiplier
 from red_rlhf.training.trainer import Trainer
 
 
@@ -26,19 +26,18 @@ def test_combined_token_rewards_are_the_weighted_sum_of_each_sources_own(tmp_pat
     trainer = Trainer(validate(cfg))
     torch.manual_seed(0)
     ro = trainer.rollout(trainer.order.next_batch(cfg.rollout.batch_size))
-    rewards, final, finals = trainer.score(ro)
-    texts, cuts = response_cuts(trainer.tokenizer, ro.response_ids, ro.response_mask)
-    own = {}
-    for source in trainer.sources:
-        scored = score_responses(source.reward, ro.prompts, texts, cuts)
-        own[source.name] = place_rewards(scored, ro.response_ids.shape[1], source.config.scheme)
-    expected = 0.7 * own["praise"][0] - 0.3 * own["great"][0]
-    assert torch.allclose(rewards, expected, atol=1e-6)
-    assert torch.allclose(final, 0.7 * own["praise"][1] - 0.3 * own["great"][1], atol=1e-6)
-    assert torch.equal(finals["great"], own["great"][1])
+    scores = trainer.score(ro)
+    combined = trainer.assemble(ro, scores, kl=None)
+    own = {name: assemble_rewards([SourceScores(name, s.prompt, s.tokens, scheme)], ro.response_mask)
+           for (name, s), scheme in zip(scores.items(), ("red", "sparse"))}
+    expected = 0.7 * own["praise"].rewards - 0.3 * own["great"].rewards
+    assert torch.allclose(combined.rewards, expected, atol=1e-6)
+    assert torch.allclose(combined.final_combined_raw, 0.7 * own["praise"].final_raw["praise"]
+                          - 0.3 * own["great"].final_raw["great"], atol=1e-6)
+    assert torch.equal(combined.final_raw["great"], own["great"].final_raw["great"])
     # the sparse cost sits on the last token only; the RED reward is spread over the tokens
     last = ro.response_mask.sum(-1) - 1
-    cost_only = own["great"][0].clone()
+    cost_only = own["great"].rewards.clone()
     cost_only[torch.arange(len(last)), last] = 0
     assert torch.count_nonzero(cost_only) == 0
 

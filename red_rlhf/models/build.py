@@ -1,4 +1,8 @@
-"""Building the models a run needs: policy (+ LoRA), reference, critic, reward source. Plumbing only."""
+"""Building what a run trains with: policy (+ LoRA), reference, critic, reward sources, optimisers and schedulers.
+
+`build_run(cfg)` is the one entry point the trainer calls; the pieces are public for tests. Plumbing only: no
+accelerate here (the trainer wraps what this returns).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,10 @@ import os
 
 import torch
 
-from red_rlhf.config import Config, ConfigError, SourceConfig
-from red_rlhf.models.sources import FunctionReward, HFRewardModel
+from dataclasses import dataclass
+
+from red_rlhf.config import Config, ConfigError, SourceConfig, reward_sources
+from red_rlhf.models.sources import FunctionReward, HFRewardModel, RewardSource
 
 
 class Critic(torch.nn.Module):
@@ -60,6 +66,9 @@ def load_policy(cfg: Config):
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from red_rlhf.models.packaged import resolve_model_name
+
+        name = resolve_model_name(name)
         try:
             tokenizer = AutoTokenizer.from_pretrained(name)
             policy = AutoModelForCausalLM.from_pretrained(name)
@@ -127,8 +136,94 @@ def load_source(source: SourceConfig, where: str = "reward"):
     if source.function is not None:
         return FunctionReward(import_function(source.function, f"{where}.function"), takes_prompt=source.takes_prompt,
                               name=source.function)
+    from red_rlhf.models.packaged import resolve_model_name
+
     try:
-        return HFRewardModel.from_pretrained(os.path.expanduser(source.model), mode=source.mode, format=source.format,
+        return HFRewardModel.from_pretrained(resolve_model_name(os.path.expanduser(source.model)), mode=source.mode,
+                                             format=source.format,
                                              attn_implementation="eager" if source.scheme == "abc" else None)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError) as err:  # FileNotFoundError (a named model not built yet) is an OSError
         raise ConfigError(f"{where}.model: cannot load {source.model!r}: {str(err).splitlines()[0]}") from err
+
+
+@dataclass
+class Source:
+    """A reward source with the config it came from (name, scheme, kind, weight, limit)."""
+
+    config: SourceConfig
+    reward: RewardSource
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+def load_sources(cfg: Config) -> list[Source]:
+    short = len(cfg.reward.sources) == 1 and cfg.reward.sources[0].name == "reward"
+    return [Source(sc, load_source(sc, "reward" if short else f"reward.sources[{i}]"))
+            for i, sc in enumerate(reward_sources(cfg))]
+
+
+def check_context(policy, cfg: Config) -> None:
+    """Longest prompt + longest response must fit the policy's context."""
+    context = getattr(policy.config, "n_positions", None) or getattr(policy.config, "max_position_embeddings", None)
+    need = cfg.rollout.max_prompt_tokens + cfg.rollout.max_new_tokens
+    if context and need > context:
+        raise ConfigError(f"rollout.max_prompt_tokens + rollout.max_new_tokens = {need} exceeds the policy's context "
+                          f"of {context} tokens")
+
+
+def build_critic(cfg: Config, policy, tokenizer, reward: RewardSource) -> Critic | None:
+    """PPO's critic per algo.critic_init (None for RLOO). Built before LoRA wraps the policy: it trains all weights."""
+    if cfg.algo.algorithm != "ppo":
+        return None
+    if cfg.algo.critic_init in ("reward", "reward-trunk"):
+        if reward.tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise ConfigError(f"algo.critic_init {cfg.algo.critic_init!r}: the critic reads the policy's tokens, "
+                              "but the reward model uses another tokenizer; use algo.critic_init 'policy'")
+        return critic_from_reward_model(reward.model, zero_head=cfg.algo.critic_init == "reward-trunk")
+    return critic_from_policy(policy)
+
+
+@dataclass
+class Run:
+    """Everything a training run builds before its first step (not yet wrapped by accelerate)."""
+
+    policy: torch.nn.Module
+    tokenizer: object
+    reference: torch.nn.Module | None  # None with LoRA: the policy with adapters off is the reference
+    critic: Critic | None
+    sources: list[Source]
+    policy_opt: torch.optim.Optimizer
+    critic_opt: torch.optim.Optimizer | None
+    policy_sched: torch.optim.lr_scheduler.LRScheduler
+    critic_sched: torch.optim.lr_scheduler.LRScheduler | None
+
+    @property
+    def primary(self) -> Source:
+        """The first source of kind "reward": the critic's origin and what evaluation reports."""
+        return next(s for s in self.sources if s.config.kind == "reward")
+
+
+def schedule(cfg: Config):
+    """The learning-rate multiplier per step: constant, or linear decay to 0 over train.steps."""
+    if cfg.algo.lr_schedule == "constant":
+        return lambda step: 1.0
+    return lambda step: max(0.0, 1.0 - step / cfg.train.steps)
+
+
+def build_run(cfg: Config) -> Run:
+    """Policy and tokenizer, reward sources, critic, LoRA, reference, AdamW optimisers and LR schedulers."""
+    policy, tokenizer = load_policy(cfg)
+    sources = load_sources(cfg)
+    primary = next(s for s in sources if s.config.kind == "reward")
+    critic = build_critic(cfg, policy, tokenizer, primary.reward)
+    check_context(policy, cfg)
+    policy = apply_lora(policy, cfg)
+    reference = reference_model(policy, cfg)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    policy_opt = torch.optim.AdamW(params, lr=cfg.algo.policy_lr, eps=1e-5)
+    critic_opt = torch.optim.AdamW(critic.parameters(), lr=cfg.algo.critic_lr, eps=1e-5) if critic else None
+    policy_sched = torch.optim.lr_scheduler.LambdaLR(policy_opt, schedule(cfg))
+    critic_sched = torch.optim.lr_scheduler.LambdaLR(critic_opt, schedule(cfg)) if critic else None
+    return Run(policy, tokenizer, reference, critic, sources, policy_opt, critic_opt, policy_sched, critic_sched)

@@ -54,3 +54,34 @@ def smollm2_instruct(cache_dir: str | Path) -> Path:
     tokenizer.save_pretrained(tmp)
     tmp.rename(out)  # complete folders only: an interrupted conversion is redone, never half-used
     return out
+
+
+# ---------------------------------------------------------------- the demo's models, by name (defined once)
+
+DEFAULT_CACHE = "~/.cache/red-rlhf"
+# The demo's default reward model: a Bradley-Terry score head on the first 20 blocks of SmolLM2, 800 pairs.
+DEMO_REWARD_MODEL = {"backbone": "smollm2", "pairs": 800, "keep_layers": 20, "trainable_layers": 0,
+                     "all_positions": True, "epochs": 1, "seed": 0}
+
+
+def reward_model_dir(cache: str | Path, *, backbone: str, pairs: int | None, keep_layers: int | None,
+                     trainable_layers: int | None, all_positions: bool, epochs: int, seed: int) -> Path:
+    """Where `red-rlhf demo` caches the reward model trained with these settings (the one naming rule)."""
+    positions = "all" if all_positions else "final"
+    name = backbone.replace("/", "--")
+    return Path(cache).expanduser() / (f"rm-{name}-pairs{pairs or 'all'}-keep{keep_layers}-train{trainable_layers}-"
+                                       f"{positions}-ep{epochs}-seed{seed}")
+
+
+def resolve_model_name(name: str, cache: str | Path = DEFAULT_CACHE) -> str:
+    """The shipped names: "smollm2" (the packaged SmolLM2-135M-Instruct, converted once into the cache) and
+    "demo-reward-model" (the reward model `red-rlhf demo` trained with its default settings). Other names as given."""
+    if name == "smollm2":
+        return str(smollm2_instruct(cache))
+    if name == "demo-reward-model":
+        path = reward_model_dir(cache, **DEMO_REWARD_MODEL)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"the demo's reward model is not in {path} yet: run `red-rlhf demo` once (or "
+                                    "`make demo`), or give a reward model path")
+        return str(path)
+    return name

@@ -5,7 +5,8 @@
     scored.tokens, scored.rewards, scored.final_score
 
 The response is split into the policy's tokens (policy_tokenizer, or the reward model's own when it is
-None); the reward source scores every prefix; `token_rewards` places the rewards on the policy's tokens.
+None); the reward source scores every prefix (`score_tokens`: one forward on those tokens when the reward model
+reads them as they are, else its own tokens aligned by characters); `assemble_rewards` places the rewards.
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ from dataclasses import asdict, dataclass
 import torch
 
 from red_rlhf.core.redistribute import SCHEMES
-from red_rlhf.models.sources import FunctionReward, HFRewardModel, RewardSource, place_rewards
+from red_rlhf.core.reward_assembly import RewardSettings, SourceScores, assemble_rewards
+from red_rlhf.models.sources import FunctionReward, HFRewardModel, RewardSource, TokenBatch, score_text_path
 
 
 @dataclass
 class ScoredResponse:
     prompt: str
     response: str
-    tokens: list[str]  # the policy's response tokens, as the text each covers
+    tokens: list[str]  # the policy's response tokens, as the text each adds ("" for the first bytes of a character)
     token_ids: list[int]
     offsets: list[tuple[int, int]]  # character span of each token in `response`
     prefix_scores: list[float]  # score of prompt + response up to the end of each token
@@ -47,8 +49,8 @@ def policy_tokens(tokenizer, response: str) -> tuple[list[int], list[tuple[int, 
 class TokenRewardScorer:
     """Per-token rewards for (prompt, response) texts from any reward source.
 
-    reward: an `HFRewardModel`, any object with `score_cuts` (see `rewards.RewardSource`), or a python
-        function text -> float (wrapped in `FunctionReward`).
+    reward: an `HFRewardModel`, any object with `score_tokens` or `score_cuts` (see `sources.RewardSource`), or a
+        python function text -> float (wrapped in `FunctionReward`).
     policy_tokenizer: the tokenizer whose tokens get the rewards; defaults to the reward model's.
     scheme: "red" (default), "sparse" or "abc". beta_c, first_token: see `redistribute`; abc_beta: see `abc_rewards`.
     """
@@ -57,14 +59,48 @@ class TokenRewardScorer:
                  beta_c: float = 1.0, first_token: str = "difference", abc_beta: float = 0.5):
         if scheme not in SCHEMES:
             raise ValueError(f"unknown reward scheme {scheme!r}; choose one of {SCHEMES}")
-        if not hasattr(reward, "score_cuts"):
+        if not hasattr(reward, "score_tokens") and not hasattr(reward, "score_cuts"):
             reward = FunctionReward(reward)
         if policy_tokenizer is None:
             if not isinstance(reward, HFRewardModel):
                 raise ValueError("a reward function has no tokenizer: pass policy_tokenizer= to say whose tokens get rewards")
             policy_tokenizer = reward.tokenizer
         self.reward, self.policy_tokenizer = reward, policy_tokenizer
-        self.scheme, self.beta_c, self.first_token, self.abc_beta = scheme, beta_c, first_token, abc_beta
+        self.settings = RewardSettings(beta_c=beta_c, first_token=first_token, abc_beta=abc_beta)
+        self.scheme = scheme
+
+    def batch(self, prompts: list[str], responses: list[str]) -> tuple[TokenBatch, list[tuple[list[int], list[tuple[int, int]]]]]:
+        """The texts as policy tokens: a TokenBatch (texts and cuts known, not decoded) and each response's ids and spans."""
+        tok = self.policy_tokenizer
+        tokenized = []
+        for i, response in enumerate(responses):
+            if not response:
+                raise ValueError(f"response {i} is empty: there are no tokens to reward")
+            ids, offsets = policy_tokens(tok, response)
+            if not ids:
+                raise ValueError(f"response {i} ({response!r}) gives the policy tokenizer no tokens")
+            tokenized.append((ids, offsets))
+        prompt_ids = [tok(p).input_ids for p in prompts]
+        for i, ids in enumerate(prompt_ids):
+            if not ids:
+                raise ValueError(f"prompt {i} ({prompts[i]!r}) gives the policy tokenizer no tokens: R(x) cannot be read")
+        # The policy's ids are [prompt tokens | response tokens]; the text reads prompt + response. Where the two
+        # tokenize alike the reward model may score the ids directly (tensor path); else it scores the text.
+        plain = all(tok(p + r).input_ids == p_ids + ids
+                    for p, r, p_ids, (ids, _) in zip(prompts, responses, prompt_ids, tokenized))
+        width_p, width_r = max(map(len, prompt_ids)), max(len(ids) for ids, _ in tokenized)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        p_tensor = torch.full((len(prompts), width_p), pad, dtype=torch.long)
+        p_mask = torch.zeros_like(p_tensor)
+        r_tensor = torch.full((len(prompts), width_r), pad, dtype=torch.long)
+        r_mask = torch.zeros_like(r_tensor, dtype=torch.bool)
+        for i, (p_ids, (ids, _)) in enumerate(zip(prompt_ids, tokenized)):
+            p_tensor[i, width_p - len(p_ids):], p_mask[i, width_p - len(p_ids):] = torch.tensor(p_ids), 1
+            r_tensor[i, : len(ids)], r_mask[i, : len(ids)] = torch.tensor(ids), True
+        cuts = [[end for _, end in offsets] for _, offsets in tokenized]
+        batch = TokenBatch(prompts, p_tensor, p_mask, r_tensor, r_mask, tok, plain_prompts=plain,
+                           _texts=(responses, cuts))
+        return batch, tokenized
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[ScoredResponse]:
         prompts, responses = list(prompts), list(responses)
@@ -72,21 +108,20 @@ class TokenRewardScorer:
             raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
         if not prompts:
             raise ValueError("nothing to score: no prompts and responses were given")
-        tokenized = []
-        for i, response in enumerate(responses):
-            if not response:
-                raise ValueError(f"response {i} is empty: there are no tokens to reward")
-            ids, offsets = policy_tokens(self.policy_tokenizer, response)
-            if not ids:
-                raise ValueError(f"response {i} ({response!r}) gives the policy tokenizer no tokens")
-            tokenized.append((ids, offsets))
-        cuts = [[end for _, end in offsets] for _, offsets in tokenized]
-        scored = self.reward.score_cuts(prompts, responses, cuts, need_attention=self.scheme == "abc")
-        width = max(len(cs.scores) for cs in scored)
-        rewards = place_rewards(scored, width, self.scheme, beta_c=self.beta_c, first_token=self.first_token,
-                                abc_beta=self.abc_beta, dtype=torch.float64)[0]
-        return [
-            ScoredResponse(prompt, response, [response[s:e] for s, e in offsets], ids, offsets, cs.scores,
-                           cs.prompt_score, cs.scores[-1], row[: len(ids)], self.scheme)
-            for prompt, response, (ids, offsets), cs, row in zip(prompts, responses, tokenized, scored, rewards.tolist())
-        ]
+        batch, tokenized = self.batch(prompts, responses)
+        need_attention = self.scheme == "abc"
+        if hasattr(self.reward, "score_tokens"):
+            scores = self.reward.score_tokens(batch, need_attention=need_attention)
+        else:  # a user's source with the text-path method only
+            scores = score_text_path(self.reward, batch, need_attention)
+        source = SourceScores("reward", scores.prompt, scores.tokens, self.scheme, attention=scores.attention)
+        rewards = assemble_rewards([source], batch.response_mask, self.settings, dtype=torch.float64).rewards
+        out = []
+        for i, (prompt, response, (ids, offsets)) in enumerate(zip(prompts, responses, tokenized)):
+            n = len(ids)
+            ends = [end for _, end in offsets]
+            pieces = [response[max(ends[:t], default=0): ends[t]] for t in range(n)]  # each token's own text once
+            out.append(ScoredResponse(prompt, response, pieces, ids, offsets, scores.tokens[i, :n].tolist(),
+                                      float(scores.prompt[i]), float(scores.tokens[i, n - 1]), rewards[i, :n].tolist(),
+                                      self.scheme))
+        return out

@@ -1,9 +1,17 @@
-"""Reward sources: anything that scores the prefixes of a response.
+"""Reward sources: anything that scores the prefixes of a response, as tensors on the policy's tokens.
 
-A source implements `score_cuts(prompts, responses, cuts, need_attention=False) -> list[CutScores]`:
-for each response, the score of the prompt alone, the score of prompt + response[:c] for every cut c
-(policy token ends, in response characters) where the last one is the full response's score as the
-reward model reads it, and optionally ABC attention shares per policy token.
+Every source implements `score_tokens(batch, need_attention=False) -> PrefixScores`: for a `TokenBatch` of
+responses as the policy produced them, the score of each prompt alone (R(x), (B,)) and the score after each
+response token ((B, R); at the last one R(x, y)), and for ABC the attention on each response token.
+
+Two paths lead there:
+- tensor path: an `HFRewardModel` that reads the policy's token ids as they are (`reads_policy_tokens`: same
+  vocabulary, special tokens and encoding, a causal model fed the plain concatenation) scores the batch's ids in
+  one forward pass. No decoding, no re-tokenising.
+- text path: everything else (another tokenizer, a bidirectional or chat-template reward model, a python function)
+  decodes each response once (`detokenize.response_texts`, linear in length), scores the reward model's own tokens
+  (`score_cuts`) and maps them to the policy's tokens by character offsets (`core.alignment`).
+Both give the same numbers where both apply (tested).
 
 - `HFRewardModel`: any Hugging Face sequence classifier (causal single pass or bidirectional per-prefix).
 - `FunctionReward`: a python function text -> float, called once per prefix.
@@ -13,16 +21,83 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 
 from red_rlhf.core.alignment import check_cuts, scores_at_cuts, sums_between_cuts
-from red_rlhf.core.redistribute import token_rewards
+from red_rlhf.models.detokenize import response_texts
 from red_rlhf.models.prefix import pooled_attention, prefix_scores, resolve_mode
 
 FORMATS = ("auto", "chat", "concat", "pair")
+
+
+class SourceError(ValueError):
+    """A reward source failed; the message names it."""
+
+
+@dataclass
+class TokenBatch:
+    """Responses as the policy produced them. B rows, P prompt positions (left-padded), R response positions
+    (right-padded); masks from lengths (so a pad id equal to the EOS id keeps the real EOS)."""
+
+    prompts: list[str]  # the prompt texts (what a text-path source reads as the prompt)
+    prompt_ids: torch.Tensor  # (B, P) left-padded policy ids
+    prompt_mask: torch.Tensor  # (B, P) 1 on prompt tokens
+    response_ids: torch.Tensor  # (B, R) right-padded policy ids
+    response_mask: torch.Tensor  # (B, R) bool, True on response tokens (EOS included)
+    tokenizer: object  # the policy's tokenizer
+    plain_prompts: bool = True  # prompt_ids are tokenizer(prompt) as is (False: e.g. wrapped in a chat template)
+    _texts: tuple[list[str], list[list[int]]] | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if len(self.prompts) != self.response_ids.shape[0] or self.prompt_ids.shape[0] != self.response_ids.shape[0]:
+            raise ValueError(f"TokenBatch: {len(self.prompts)} prompts, {self.prompt_ids.shape[0]} prompt rows and "
+                             f"{self.response_ids.shape[0]} response rows must agree")
+        if self.response_mask.shape != self.response_ids.shape or self.prompt_mask.shape != self.prompt_ids.shape:
+            raise ValueError("TokenBatch: each mask must have the shape of its ids")
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def texts(self) -> tuple[list[str], list[list[int]]]:
+        """Each response's text and the end of each of its tokens in it (decoded once, then cached)."""
+        if self._texts is None:
+            self._texts = response_texts(self.tokenizer, self.prompt_ids, self.prompt_mask, self.response_ids,
+                                         self.response_mask)
+            for i, text in enumerate(self._texts[0]):
+                if not text:
+                    raise ValueError(f"response {i} decodes to empty text; a text-path reward source cannot score it")
+        return self._texts
+
+
+@dataclass
+class PrefixScores:
+    """A source's scores on the policy's response tokens."""
+
+    prompt: torch.Tensor  # (B,) R(x): the score of the prompt alone
+    tokens: torch.Tensor  # (B, R) the score after each response token; R(x, y) at the last; 0 on padding
+    attention: torch.Tensor | None = None  # (B, R) ABC: attention on each response token (None unless asked)
+
+
+def from_cut_scores(scored: Sequence["CutScores"], width: int) -> PrefixScores:
+    """Text-path results (one CutScores per row) laid out as right-padded tensors of `width` response positions."""
+    prompt = torch.tensor([cs.prompt_score for cs in scored], dtype=torch.float64)
+    tokens = torch.zeros(len(scored), width, dtype=torch.float64)
+    attention = torch.zeros_like(tokens) if scored and scored[0].attention is not None else None
+    for i, cs in enumerate(scored):
+        tokens[i, : len(cs.scores)] = torch.tensor(cs.scores, dtype=torch.float64)
+        if attention is not None:
+            attention[i, : len(cs.attention)] = torch.tensor(cs.attention, dtype=torch.float64)
+    return PrefixScores(prompt, tokens, attention)
+
+
+def score_text_path(source, batch: TokenBatch, need_attention: bool = False) -> PrefixScores:
+    """Decode once, score the source's own way (`score_cuts`), map to the policy's tokens."""
+    texts, cuts = batch.texts()
+    scored = source.score_cuts(batch.prompts, texts, cuts, need_attention=need_attention)
+    return from_cut_scores(scored, batch.response_ids.shape[1])
 
 
 @dataclass
@@ -33,6 +108,8 @@ class CutScores:
 
 
 class RewardSource(Protocol):
+    def score_tokens(self, batch: TokenBatch, need_attention: bool = False) -> PrefixScores: ...
+
     def score_cuts(
         self, prompts: Sequence[str], responses: Sequence[str], cuts: Sequence[Sequence[int]], need_attention: bool = False
     ) -> list[CutScores]: ...
@@ -62,6 +139,9 @@ class FunctionReward:
         value = self.fn(prompt, prefix) if self.takes_prompt else self.fn(prompt + prefix)
         return _finite(value, f"{self.name} on prompt {prompt[:40]!r} + response prefix {prefix[-40:]!r}")
 
+    def score_tokens(self, batch: TokenBatch, need_attention: bool = False) -> PrefixScores:
+        return score_text_path(self, batch, need_attention)
+
     def score_cuts(self, prompts, responses, cuts, need_attention=False):
         if need_attention:
             raise ValueError("scheme 'abc' needs a reward model's attention; a python function has none")
@@ -70,6 +150,21 @@ class FunctionReward:
             check_cuts(row_cuts, len(response))
             out.append(CutScores(self._call(prompt, ""), [self._call(prompt, response[:c]) for c in row_cuts]))
         return out
+
+
+PROBE_TEXTS = ("Hello, world! It's 3.14 o'clock - naïve café, 日本語 🎉", " leading space\ttab\nnew line  two spaces")
+
+
+def same_tokenizer(a, b) -> bool:
+    """The same vocabulary, special tokens and encoding of probe texts (with and without special tokens)."""
+    if a is b:
+        return True
+    if a.get_vocab() != b.get_vocab() or a.all_special_ids != b.all_special_ids:
+        return False
+    if (a.bos_token_id, a.eos_token_id) != (b.bos_token_id, b.eos_token_id):
+        return False
+    return all(a(t, add_special_tokens=special).input_ids == b(t, add_special_tokens=special).input_ids
+               for t in PROBE_TEXTS for special in (True, False))
 
 
 @dataclass
@@ -103,6 +198,7 @@ class HFRewardModel:
             format = "chat" if getattr(tokenizer, "chat_template", None) else ("concat" if self.mode == "causal" else "pair")
         self.format = format
         self.label_index, self.batch_size, self.max_batch_tokens = label_index, batch_size, max_batch_tokens
+        self._reads_cache: dict[int, bool] = {}
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, attn_implementation: str | None = None, **kwargs) -> "HFRewardModel":
@@ -114,6 +210,43 @@ class HFRewardModel:
         if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
             model.config.pad_token_id = tokenizer.pad_token_id
         return cls(model, tokenizer, **kwargs)
+
+    def reads_policy_tokens(self, tokenizer) -> bool:
+        """True when this reward model reads the policy's token ids exactly as they are, so the tensor path applies.
+
+        Strict on purpose: a causal model (one pass gives every prefix score) fed the plain concatenation
+        (format "concat"), a tokenizer with the same vocabulary (every token -> id, added tokens included), the
+        same special tokens, and the same ids for probe texts with and without special tokens. Anything else
+        (another tokenizer, a chat template, pair encoding, a bidirectional model) takes the text path.
+        """
+        key = id(tokenizer)
+        if key not in self._reads_cache:
+            self._reads_cache[key] = self.mode == "causal" and self.format == "concat" and same_tokenizer(self.tokenizer, tokenizer)
+        return self._reads_cache[key]
+
+    def score_tokens(self, batch: TokenBatch, need_attention: bool = False) -> PrefixScores:
+        """Prefix scores on the policy's tokens: one forward over the policy's ids when `reads_policy_tokens`."""
+        if not (batch.plain_prompts and self.reads_policy_tokens(batch.tokenizer)):
+            return score_text_path(self, batch, need_attention)
+        width = batch.prompt_ids.shape[1]  # left padding: the prompt's last token sits at width - 1 in every row
+        device = next(self.model.parameters()).device
+        ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)  # (B, P + R)
+        mask = torch.cat([batch.prompt_mask.long(), batch.response_mask.long()], dim=1)  # (B, P + R)
+        scores, attention = [], []
+        for lo in range(0, len(batch), self.batch_size):
+            chunk_ids, chunk_mask = ids[lo: lo + self.batch_size].to(device), mask[lo: lo + self.batch_size].to(device)
+            scores.append(prefix_scores(self.model, chunk_ids, chunk_mask, mode="causal", label_index=self.label_index).cpu())
+            if need_attention:
+                attention.append(pooled_attention(self.model, chunk_ids, chunk_mask).cpu())
+        scores = torch.cat(scores).double()  # (B, P + R)
+        response_mask = batch.response_mask.bool().cpu()
+        used = torch.cat([torch.ones_like(response_mask[:, :1]), response_mask], dim=1)
+        bad = (~torch.isfinite(scores[:, width - 1:]) & used).any(-1).nonzero().flatten().tolist()
+        if bad:
+            raise ValueError(f"the reward model gave NaN or infinite scores for response(s) {bad}")
+        tokens = torch.where(response_mask, scores[:, width:], 0.0)
+        shares = torch.cat(attention).double()[:, width:] if need_attention else None
+        return PrefixScores(scores[:, width - 1], tokens, None if shares is None else torch.where(response_mask, shares, 0.0))
 
     def _encode(self, prompt: str, response: str) -> _Encoded:
         tok = self.tokenizer
@@ -187,30 +320,3 @@ class HFRewardModel:
                     shares = sums_between_cuts(row.response_ends, attention[i, row.first: row.last + 1].tolist(), row_cuts)
                 out.append(CutScores(s[row.first - 1], scores_at_cuts(row.response_ends, rm_scores, s[row.first - 1], final, row_cuts), shares))
         return out
-
-
-def place_rewards(scored: list[CutScores], width: int, scheme: str, *, beta_c: float = 1.0,
-                  first_token: str = "difference", abc_beta: float = 0.5, shift: float = 0.0,
-                  scale: float = 1.0, clip: float | None = None, dtype: torch.dtype = torch.float32
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token rewards (B, width) on right-padded response positions, and the final scores R(x, y) (B,).
-
-    Rows are laid out as [prompt score | response prefix scores | padding] and placed by `token_rewards`.
-    Normalisation (s - shift) / scale and clipping act on every prefix score s_t alike, before placement,
-    so RED rewards still telescope to the normalised R(x, y) - R(x).
-    """
-    scores = torch.zeros(len(scored), 1 + width, dtype=torch.float64)
-    mask = torch.zeros(len(scored), 1 + width, dtype=torch.bool)
-    attention = torch.zeros_like(scores) if scheme == "abc" else None
-    for i, cs in enumerate(scored):
-        n = len(cs.scores)
-        scores[i, 0], scores[i, 1: n + 1], mask[i, 1: n + 1] = cs.prompt_score, torch.tensor(cs.scores, dtype=torch.float64), True
-        if attention is not None:
-            attention[i, 1: n + 1] = torch.tensor(cs.attention, dtype=torch.float64)
-    scores = (scores - shift) / scale
-    if clip is not None:
-        scores = scores.clamp(-clip, clip)
-    scores = torch.where(mask | (torch.arange(1 + width) == 0), scores, torch.zeros_like(scores))
-    rewards = token_rewards(scheme, scores, mask, beta_c=beta_c, first_token=first_token, attention=attention, abc_beta=abc_beta)
-    final = torch.tensor([cs.scores[-1] for cs in scored], dtype=torch.float64)
-    return rewards[:, 1:].to(dtype), final.to(dtype)

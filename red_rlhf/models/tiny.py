@@ -51,34 +51,43 @@ def tiny_tokenizer(
     """A byte-level BPE tokenizer trained on CORPUS.
 
     style "gpt2": no special tokens added when encoding; "bert": [CLS] text [SEP] and pairs
-    [CLS] a [SEP] b [SEP]; "llama": a BOS token before the text. pad_equals_eos makes pad id == eos id.
-    chat adds ChatML tokens and template.
+    [CLS] a [SEP] b [SEP]; "llama": a BOS token before the text; "sentencepiece": a BOS token and SentencePiece's
+    word marker instead of byte-level BPE (Llama-2 style: the decoder drops the space before a text's first word,
+    so decoding rewrites spaces). pad_equals_eos makes pad id == eos id. chat adds ChatML tokens and template.
     """
     specials = ["<|endoftext|>", "<pad>", "[CLS]", "[SEP]", "<s>"] + (["<|im_start|>", "<|im_end|>"] if chat else [])
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
+    if style == "sentencepiece":
+        tok = Tokenizer(models.BPE(unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+        tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials + ["<unk>"], show_progress=False)
+    else:
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
     tok.train_from_iterator(CORPUS * 4, trainer)
     cls_id, sep_id, bos_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]"), tok.token_to_id("<s>")
     if style == "bert":
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
         )
-    elif style == "llama":
+    elif style in ("llama", "sentencepiece"):
         tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B:1", special_tokens=[("<s>", bos_id)])
     elif style != "gpt2":
-        raise ValueError(f"style must be 'gpt2', 'bert' or 'llama', got {style!r}")
+        raise ValueError(f"style must be 'gpt2', 'bert', 'llama' or 'sentencepiece', got {style!r}")
     extra = {}
     if style == "bert":
         extra = {"cls_token": "[CLS]", "sep_token": "[SEP]", "model_input_names": ["input_ids", "token_type_ids", "attention_mask"]}
-    if style == "llama":
+    if style in ("llama", "sentencepiece"):
         extra["bos_token"] = "<s>"
+    if style == "sentencepiece":
+        extra["unk_token"] = "<unk>"
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|endoftext|>",

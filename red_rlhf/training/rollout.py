@@ -1,4 +1,4 @@
-"""Rollouts: prompts -> sampled responses, masks and log-probs, plus scoring on the policy's tokens.
+"""Rollouts: prompts -> sampled responses, masks and log-probs.
 
 B rollouts; P prompt positions, left-padded (so every response starts at position P); R response positions,
 right-padded. Masks are built from lengths (the first EOS ends a response), never from `ids != pad_id`, so a
@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from red_rlhf.models.sources import CutScores, RewardSource
+from red_rlhf.models.sources import TokenBatch
 
 
 @dataclass
@@ -42,6 +42,11 @@ class Rollout:
             else:
                 picked[f.name] = None
         return Rollout(**picked)
+
+    def token_batch(self, tokenizer, plain_prompts: bool = True) -> TokenBatch:
+        """The responses as reward sources read them (ids and masks on the CPU, where text paths decode)."""
+        return TokenBatch(self.prompts, self.prompt_ids.cpu(), self.prompt_mask.cpu(), self.response_ids.cpu(),
+                          self.response_mask.cpu(), tokenizer, plain_prompts=plain_prompts)
 
     def sequences(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Prompt + response: input_ids, attention_mask and position_ids (from the mask), each (B, P + R)."""
@@ -117,29 +122,3 @@ def response_logits(model, ids, mask, pos, response_start: int, temperature: flo
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """log p(token) under logits, (B, R)."""
     return torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-
-
-def response_cuts(tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor) -> tuple[list[str], list[list[int]]]:
-    """Each response's text and where each of its tokens ends in that text (characters)."""
-    texts, cuts = [], []
-    for ids, mask in zip(response_ids.tolist(), response_mask.tolist()):
-        ids = [i for i, m in zip(ids, mask) if m]
-        text = tokenizer.decode(ids)
-        row, end = [], 0
-        for t in range(1, len(ids) + 1):
-            prefix = tokenizer.decode(ids[:t])
-            if text.startswith(prefix):  # decoders that rewrite spaces can break this; keep the last good cut
-                end = max(end, len(prefix))
-            row.append(end)
-        row[-1] = len(text)
-        texts.append(text)
-        cuts.append(row)
-    return texts, cuts
-
-
-def score_responses(reward: RewardSource, prompts, texts, cuts, *, need_attention: bool = False) -> list[CutScores]:
-    """Prefix scores of every response token (one CutScores per row), from any reward source."""
-    for i, text in enumerate(texts):
-        if not text:
-            raise ValueError(f"response {i} decodes to empty text; the reward source cannot score it")
-    return reward.score_cuts(prompts, texts, cuts, need_attention=need_attention)

@@ -1,118 +1,142 @@
-"""The training loop: one step is a table of contents of numbered phases.
+"""The training loop: one step is a table of contents of numbered phases (`Trainer.train_step`).
 
-    1 rollout       sample responses, log-probs of policy and reference (and critic values)
-    2 score         every reward source's prefix score after every response token
-    3 redistribute  token rewards by each source's scheme (red | sparse | abc), combined per token with weights
-                    (costs subtracted; Lagrange multipliers in place of the weights of constrained costs)
-    4 KL-shape      r_t - kl_coef * KL_t
-    5 advantages    GAE (ppo) or leave-one-out returns-to-go (rloo), whitened
-    6 update        PPO epochs x mini-batches x micro-batches
-    7 log           metrics.jsonl, TensorBoard, progress; checkpoints and evaluation
+    1 rollout      sample responses; log-probs of policy and reference; critic values
+    2 score        every reward source's prefix scores on the policy's tokens
+    3 rewards      the per-token reward: placement, weights, costs, missing-EOS penalty, KL (core.reward_assembly)
+    4 advantages   GAE (ppo) or leave-one-out returns-to-go (rloo), whitened
+    5 update       PPO epochs x mini-batches x micro-batches
+    6 controllers  the adaptive KL coefficient and the Lagrange multipliers move, from this step's statistics
+    7 log          metrics (metrics.jsonl, trackers), progress
 
 Accelerate (and through it DDP, FSDP, DeepSpeed) is used here and in the CLI only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from red_rlhf.training import checkpoint, tracking
-from red_rlhf.training.export import export_policy
-from red_rlhf.core.advantages import kl_per_token, masked_mean, shape_rewards
-from red_rlhf.config import Config, ConfigError, reward_sources, to_dict
+from red_rlhf.config import Config, ConfigError, to_dict
+from red_rlhf.core.advantages import kl_per_token, masked_mean
+from red_rlhf.core.reward_assembly import AssembledRewards, RewardSettings, SourceScores, assemble_rewards
 from red_rlhf.data.prompts import PromptOrder, train_eval_prompts
-from red_rlhf.models.build import (apply_lora, as_reference, critic_from_policy, critic_from_reward_model, load_policy,
-                             load_source, reference_model)
+from red_rlhf.models.build import as_reference, build_run
+from red_rlhf.models.sources import PrefixScores, SourceError
+from red_rlhf.training import checkpoint, tracking
+from red_rlhf.training.controllers import AdaptiveKL, multipliers, signed_coefficients
+from red_rlhf.training.export import export_policy
 from red_rlhf.training.ppo import Experience, compute_advantages, update
-from red_rlhf.models.sources import place_rewards
-from red_rlhf.training.rollout import Rollout, encode_prompts, response_cuts, response_logits, sample, score_responses, token_logprobs
-from red_rlhf.training.multi_source import Source, SourceError, coefficients, combine, multipliers
+from red_rlhf.training.rollout import Rollout, encode_prompts, response_logits, sample, token_logprobs
 
 
-class AdaptiveKL:
-    """Ziegler et al. (2019): move the KL coefficient so the per-response KL tracks a target."""
+@dataclass(frozen=True)
+class Phase:
+    number: int
+    title: str  # shown beside the progress bar
+    metric: str  # its seconds in metrics.jsonl
 
-    def __init__(self, coef: float, target: float | None, horizon: int):
-        self.coef, self.target, self.horizon = coef, target, horizon
 
-    def update(self, kl: float, n_samples: int) -> None:
-        if self.target is None:
-            return
-        error = max(-0.2, min(0.2, kl / self.target - 1.0))
-        self.coef *= 1.0 + error * n_samples / self.horizon
+ROLLOUT = Phase(1, "rollout", "time_rollout_s")
+SCORE = Phase(2, "score", "time_score_s")
+REWARDS = Phase(3, "rewards", "time_rewards_s")
+ADVANTAGES = Phase(4, "advantages", "time_advantages_s")
+UPDATE = Phase(5, "update", "time_update_s")
+CONTROLLERS = Phase(6, "controllers", "time_controllers_s")
+LOG = Phase(7, "log", "time_log_s")
+PHASES = (ROLLOUT, SCORE, REWARDS, ADVANTAGES, UPDATE, CONTROLLERS, LOG)
+GENERATE_METRIC = "time_generate_s"  # the part of the rollout spent in generate()
 
 
 class Trainer:
+    """PPO / RLOO on token-level rewards. Hooks for callers (benchmarks, notebooks), each a list of callables:
+    `on_phase(phase)` when a phase starts, `on_step_end(metrics)` after a step's metrics are logged."""
+
     def __init__(self, cfg: Config, accelerator=None):
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
         self.cfg = cfg
-        out = Path(cfg.train.output_dir)
+        self.out = Path(cfg.train.output_dir)
         # cpu=True on machines without an accelerator: only then does accelerate join torchrun's processes (gloo)
         cpu_only = not (torch.cuda.is_available() or torch.backends.mps.is_available())
         self.acc = accelerator or Accelerator(cpu=cpu_only, log_with=tracking.tracker_names(cfg.train) or None,
-                                              project_dir=str(out))
+                                              project_dir=str(self.out))
         set_seed(cfg.train.seed + self.acc.process_index)
-        self.out = out
-        self.policy, self.tokenizer = load_policy(cfg)
-        self.sources = [Source(sc, load_source(sc, f"reward.sources[{i}]" if cfg.reward.sources else "reward"))
-                        for i, sc in enumerate(reward_sources(cfg))]
-        self.reward = next(s.reward for s in self.sources if s.config.kind == "reward")  # critic copy, evaluation
-        self.lambdas = multipliers(self.sources, cfg.lagrangian)
-        self.critic = None
-        if cfg.algo.algorithm == "ppo":  # built before LoRA: the critic trains all its weights
-            if cfg.algo.critic_init in ("reward", "reward-trunk"):
-                if self.reward.tokenizer.get_vocab() != self.tokenizer.get_vocab():
-                    raise ConfigError(f"algo.critic_init {cfg.algo.critic_init!r}: the critic reads the policy's tokens, "
-                                      "but the reward model uses another tokenizer; use algo.critic_init 'policy'")
-                self.critic = critic_from_reward_model(self.reward.model, zero_head=cfg.algo.critic_init == "reward-trunk")
-            else:
-                self.critic = critic_from_policy(self.policy)
-        context = getattr(self.policy.config, "n_positions", None) or getattr(self.policy.config, "max_position_embeddings", None)
-        if context and cfg.rollout.max_prompt_tokens + cfg.rollout.max_new_tokens > context:
-            raise ConfigError(f"rollout.max_prompt_tokens + rollout.max_new_tokens = "
-                              f"{cfg.rollout.max_prompt_tokens + cfg.rollout.max_new_tokens} exceeds the policy's context "
-                              f"of {context} tokens")
-        self.policy = apply_lora(self.policy, cfg)
-        self.ref = reference_model(self.policy, cfg)
-        params = [p for p in self.policy.parameters() if p.requires_grad]
-        self.policy_opt = torch.optim.AdamW(params, lr=cfg.algo.policy_lr, eps=1e-5)
-        self.critic_opt = torch.optim.AdamW(self.critic.parameters(), lr=cfg.algo.critic_lr, eps=1e-5) if self.critic else None
-        schedule = (lambda s: 1.0) if cfg.algo.lr_schedule == "constant" else (lambda s: max(0.0, 1.0 - s / cfg.train.steps))
-        self.policy_sched = torch.optim.lr_scheduler.LambdaLR(self.policy_opt, schedule)
-        self.critic_sched = torch.optim.lr_scheduler.LambdaLR(self.critic_opt, schedule) if self.critic else None
-        if self.critic is not None:
+        run = build_run(cfg)
+        self.tokenizer, self.ref, self.sources = run.tokenizer, run.reference, run.sources
+        self.reward = run.primary.reward  # what evaluation reports
+        self.policy_sched, self.critic_sched = run.policy_sched, run.critic_sched
+        if run.critic is not None:
             self.policy, self.critic, self.policy_opt, self.critic_opt = self.acc.prepare(
-                self.policy, self.critic, self.policy_opt, self.critic_opt)
+                run.policy, run.critic, run.policy_opt, run.critic_opt)
         else:
-            self.policy, self.policy_opt = self.acc.prepare(self.policy, self.policy_opt)
+            self.policy, self.policy_opt = self.acc.prepare(run.policy, run.policy_opt)
+            self.critic, self.critic_opt = None, None
         train_prompts, self.eval_prompts = train_eval_prompts(cfg.data, self.tokenizer, chat_template=cfg.policy.chat_template,
                                                               max_prompt_tokens=cfg.rollout.max_prompt_tokens)
         self.order = PromptOrder(train_prompts, cfg.train.seed, self.acc.process_index, self.acc.num_processes)
         self.kl = AdaptiveKL(cfg.kl.coef, cfg.kl.target if cfg.kl.adaptive else None, cfg.kl.horizon)
+        self.lambdas = multipliers([s.config for s in self.sources], cfg.lagrangian)
+        self.settings = RewardSettings(beta_c=cfg.reward.beta_c, first_token=cfg.reward.first_token,
+                                       abc_beta=cfg.reward.abc_beta, score_shift=cfg.reward.score_shift,
+                                       score_scale=cfg.reward.score_scale, score_clip=cfg.reward.score_clip,
+                                       missing_eos_penalty=cfg.reward.missing_eos_penalty)
+        self.on_phase: list[Callable[[Phase], None]] = []
+        self.on_step_end: list[Callable[[dict], None]] = []
         self.step = 0
         self._stop_requested = False
 
-    # ------------------------------------------------------------------ phases
+    # ------------------------------------------------------------------ one step
+
+    def train_step(self) -> dict[str, float]:
+        c, seconds = self.cfg, {}
+        with self._phase(ROLLOUT, seconds):
+            ro = self.rollout(self.order.next_batch(c.rollout.batch_size), seconds=seconds)
+        with self._phase(SCORE, seconds):
+            scores = self.score(ro)
+        with self._phase(REWARDS, seconds):
+            kl = kl_per_token(ro.logprobs, ro.ref_logprobs, c.kl.estimator)  # (B, R)
+            rewards = self.assemble(ro, scores, kl)
+        with self._phase(ADVANTAGES, seconds):
+            exp = compute_advantages(c, ro, rewards.rewards, reduce=self._sum)
+        with self._phase(UPDATE, seconds):
+            stats = update(c, exp, self.policy, self.critic, self.policy_opt, self.critic_opt,
+                           backward=self.acc.backward, clip_grad=self.acc.clip_grad_norm_, reduce=self._sum,
+                           generator=torch.Generator().manual_seed(c.train.seed * 7919 + self.step))
+            self.policy_sched.step()
+            if self.critic_sched:
+                self.critic_sched.step()
+        with self._phase(CONTROLLERS, seconds):
+            used = self.move_controllers(ro, rewards, kl)
+        with self._phase(LOG, seconds):
+            metrics = self._step_metrics(exp, rewards, kl, stats, used)
+        metrics.update(seconds)
+        metrics["time_s"] = sum(seconds[p.metric] for p in PHASES)
+        return metrics
 
     @torch.no_grad()
-    def rollout(self, prompts: list[str]) -> Rollout:
-        """Phase 1."""
+    def rollout(self, prompts: list[str], samples_per_prompt: int | None = None, seconds: dict | None = None) -> Rollout:
+        """Phase 1: k samples of each prompt (adjacent rows), their log-probs under policy and reference, values."""
         c = self.cfg
-        prompts = [p for p in prompts for _ in range(c.rollout.samples_per_prompt)]  # k samples of each, adjacent
+        k = c.rollout.samples_per_prompt if samples_per_prompt is None else samples_per_prompt
+        prompts = [p for p in prompts for _ in range(k)]
         policy = self.acc.unwrap_model(self.policy)
         ids, mask = encode_prompts(self.tokenizer, prompts, max_tokens=c.rollout.max_prompt_tokens,
                                    chat_template=c.policy.chat_template)
         ids, mask = ids.to(self.acc.device), mask.to(self.acc.device)
+        begin = time.perf_counter()
         response, response_mask, ended = sample(policy, self.tokenizer, ids, mask, max_new_tokens=c.rollout.max_new_tokens,
                                                 temperature=c.rollout.temperature, top_p=c.rollout.top_p)
+        if seconds is not None:
+            seconds[GENERATE_METRIC] = time.perf_counter() - begin
         ro = Rollout(prompts, ids, mask, response, response_mask, ended, torch.empty(0), torch.empty(0))
         seq, seq_mask, pos = ro.sequences()
         start = ids.shape[1]
@@ -123,86 +147,54 @@ class Trainer:
             ro.values = self.acc.unwrap_model(self.critic)(seq, seq_mask, pos)[:, start - 1: -1]
         return ro
 
-    def score(self, ro: Rollout):
-        """Phases 2 and 3: each source's prefix scores on the policy's tokens, placed by its scheme, combined.
-
-        Returns (token rewards (B, R), combined final scores (B,), {source name: its final scores (B,)}).
-        """
-        r = self.cfg.reward
-        texts, cuts = response_cuts(self.tokenizer, ro.response_ids, ro.response_mask)
-        per_source, finals = [], {}
-        for source in self.sources:
-            scheme = source.config.scheme
+    def score(self, ro: Rollout, sources=None) -> dict[str, PrefixScores]:
+        """Phase 2: each source's prefix scores on the policy's tokens (one forward on the ids where the reward
+        model reads them as they are; else decoded once and aligned by characters)."""
+        batch = ro.token_batch(self.tokenizer, plain_prompts=not self.cfg.policy.chat_template)
+        out = {}
+        for source in self.sources if sources is None else sources:
             try:
-                scored = score_responses(source.reward, ro.prompts, texts, cuts, need_attention=scheme == "abc")
-                rewards, final = place_rewards(scored, ro.response_ids.shape[1], scheme, beta_c=r.beta_c,
-                                               first_token=r.first_token, abc_beta=r.abc_beta, shift=r.score_shift,
-                                               scale=r.score_scale, clip=r.score_clip)
+                out[source.name] = source.reward.score_tokens(batch, need_attention=source.config.scheme == "abc")
             except Exception as err:  # a model's tokenizer, a user's function: say which source failed
                 raise SourceError(f"reward source {source.name!r} failed: {err}") from err
-            per_source.append(rewards)
-            finals[source.name] = final
-        signed = coefficients(self.sources, self.lambdas)
-        rewards = combine(per_source, signed)
-        final = combine(list(finals.values()), signed)
-        if r.missing_eos_penalty is not None:
-            last = (ro.response_mask.sum(-1) - 1).cpu()  # rewards are still on the CPU here
-            rows = torch.arange(len(ro))
-            rewards[rows, last] -= torch.where(ro.ended.cpu(), 0.0, r.missing_eos_penalty)
-        device = self.acc.device
-        return rewards.to(device), final.to(device), {name: f.to(device) for name, f in finals.items()}
-
-    def train_step(self) -> dict[str, float]:
-        c, t0 = self.cfg, time.perf_counter()
-        marks: list[tuple[str, float]] = []
-
-        def phase(number: int, name: str) -> None:
-            marks.append((name.split()[0], time.perf_counter()))
-            self._phase(number, name)
-
-        phase(1, "rollout")
-        ro = self.rollout(self.order.next_batch(c.rollout.batch_size))
-        phase(2, "score + redistribute")
-        rewards, final, finals = self.score(ro)
-        phase(4, "KL-shape")
-        kl = kl_per_token(ro.logprobs, ro.ref_logprobs, c.kl.estimator)
-        shaped = shape_rewards(rewards, kl, ro.response_mask, self.kl.coef)
-        phase(5, "advantages")
-        exp = compute_advantages(c, ro, shaped, reduce=self._sum)
-        phase(6, "update")
-        stats = update(c, exp, self.policy, self.critic, self.policy_opt, self.critic_opt,
-                       backward=self.acc.backward, clip_grad=self.acc.clip_grad_norm_, reduce=self._sum,
-                       generator=torch.Generator().manual_seed(c.train.seed * 7919 + self.step))
-        self.policy_sched.step()
-        if self.critic_sched:
-            self.critic_sched.step()
-        phase(7, "log")
-        metrics = self._step_metrics(exp, rewards, final, kl, stats, time.perf_counter() - t0)
-        # seconds per phase (rollout, score, KL-shape, advantages, update): where a step's time goes
-        metrics.update({f"time_{name.lower().replace('-', '_')}_s": end - begin
-                        for (name, begin), (_, end) in zip(marks, marks[1:])})
-        metrics.update(self._source_metrics(finals))
-        self.kl.update(metrics["kl"], c.rollouts_per_step * self.acc.num_processes)
-        return metrics
-
-    def _source_metrics(self, finals: dict[str, torch.Tensor]) -> dict[str, float]:
-        """With reward.sources: each source's mean final score, costs' share over their limit, the multipliers
-        this step used; then each multiplier moves by the step's mean cost."""
-        if not self.cfg.reward.sources:
-            return {}
-        out = {}
-        for source in self.sources:
-            name, limit = source.name, source.config.limit
-            out[f"score_{name}"] = self._mean(finals[name])
-            if source.config.kind == "cost" and limit is not None:
-                out[f"over_limit_{name}"] = self._mean((finals[name] > limit).float())
-            if name in self.lambdas:
-                out[f"lambda_{name}"] = self.lambdas[name].value
-                self.lambdas[name].update(out[f"score_{name}"])
         return out
 
-    def _phase(self, number: int, name: str) -> None:
-        """Progress of the phases within a step (a second progress bar while training runs)."""
+    def assemble(self, ro: Rollout, scores: dict[str, PrefixScores], kl: torch.Tensor | None) -> AssembledRewards:
+        """Phase 3: the per-token rewards the estimator sees, from every source's scores (`assemble_rewards`),
+        with this step's signed weights (Lagrange multipliers in place of constrained costs' weights)."""
+        coefs = signed_coefficients([s.config for s in self.sources], self.lambdas)
+        inputs = [SourceScores(s.name, scores[s.name].prompt, scores[s.name].tokens, s.config.scheme, coef,
+                               scores[s.name].attention) for s, coef in zip(self.sources, coefs)]
+        mask = ro.response_mask.cpu()
+        assembled = assemble_rewards(inputs, mask, self.settings, ended=ro.ended.cpu(),
+                                     kl=None if kl is None else kl.detach().cpu(), kl_coef=self.kl.coef)
+        device = self.acc.device
+        for key in ("rewards", "score_rewards", "kl_penalty", "final_combined_raw"):
+            setattr(assembled, key, getattr(assembled, key).to(device))
+        assembled.final_raw = {k: v.to(device) for k, v in assembled.final_raw.items()}
+        assembled.final_normalised = {k: v.to(device) for k, v in assembled.final_normalised.items()}
+        return assembled
+
+    def move_controllers(self, ro: Rollout, rewards: AssembledRewards, kl: torch.Tensor) -> dict[str, float]:
+        """Phase 6: the adaptive KL coefficient follows this step's KL; each Lagrange multiplier follows its cost's
+        mean final score (global means over processes). Returns the values this step used, for the log."""
+        used = {"kl_coef": self.kl.coef}
+        used.update({f"lambda_{name}": m.value for name, m in self.lambdas.items()})
+        per_response_kl = torch.where(ro.response_mask, kl, 0).sum(-1)
+        self.kl.update(self._mean(per_response_kl), self.cfg.rollouts_per_step * self.acc.num_processes)
+        for name, multiplier in self.lambdas.items():
+            multiplier.update(self._mean(rewards.final_raw[name]))
+        return used
+
+    @contextlib.contextmanager
+    def _phase(self, phase: Phase, seconds: dict):
+        for hook in self.on_phase:
+            hook(phase)
+        begin = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds[phase.metric] = time.perf_counter() - begin
 
     # ------------------------------------------------------------------ the loop
 
@@ -219,15 +211,16 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(to_dict(c), indent=2))
         self.acc.init_trackers("red-rlhf", config=tracking.flat_config(to_dict(c)))
-        history = []
+        history, show = [], None
         previous = signal.signal(signal.SIGINT, self._on_interrupt) if _main_thread() else None
         try:
             with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                           TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                           disable=not self.acc.is_main_process) as bar:
                 task = bar.add_task("train steps", total=c.train.steps, completed=self.step, info="")
-                phases = bar.add_task("phase", total=7, info="")
-                self._phase = lambda number, name: bar.update(phases, completed=number - 1, info=f"{number} {name}")
+                phases = bar.add_task("phase", total=len(PHASES), info="")
+                show = lambda p: bar.update(phases, completed=p.number - 1, info=f"{p.number} {p.title}")  # noqa: E731
+                self.on_phase.append(show)
                 while self.step < c.train.steps:
                     metrics = self.train_step()
                     self.step += 1
@@ -245,6 +238,8 @@ class Trainer:
                         raise KeyboardInterrupt
             self.export()
         finally:
+            if show in self.on_phase:
+                self.on_phase.remove(show)
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
             self.acc.end_training()
@@ -262,20 +257,18 @@ class Trainer:
     def eval_samples(self, prompts: list[str]):
         """One sampled response per prompt, with a fixed seed that leaves the training RNG untouched.
 
-        Returns (rollout, response texts, final reward-model scores, per-response KL to the reference).
+        Returns (rollout, response texts, final scores of the first reward source, per-response KL to the reference).
         """
-        c = self.cfg
         with torch.random.fork_rng(devices=[]):  # evaluation must not move the training RNG (resume equivalence)
-            torch.manual_seed(c.train.seed + 12345)
-            saved_k, c.rollout.samples_per_prompt = c.rollout.samples_per_prompt, 1
-            try:
-                ro = self.rollout(prompts)
-            finally:
-                c.rollout.samples_per_prompt = saved_k
-            texts, cuts = response_cuts(self.tokenizer, ro.response_ids, ro.response_mask)
-            scored = score_responses(self.reward, ro.prompts, texts, cuts)
+            torch.manual_seed(self.cfg.train.seed + 12345)
+            ro = self.rollout(prompts, samples_per_prompt=1)
+            primary = next(s for s in self.sources if s.config.kind == "reward")
+            scores = self.score(ro, sources=[primary])[primary.name]
+        last = ro.response_mask.sum(-1).cpu() - 1
+        final = scores.tokens[torch.arange(len(ro)), last].tolist()
+        texts = ro.token_batch(self.tokenizer).texts()[0]
         kl = torch.where(ro.response_mask, kl_per_token(ro.logprobs, ro.ref_logprobs, "k1"), 0).sum(-1)
-        return ro, texts, [cs.scores[-1] for cs in scored], kl.tolist()
+        return ro, texts, final, kl.tolist()
 
     def evaluate(self) -> dict[str, float]:
         """Mean reward-model score and KL on held-out prompts; a sample table to samples.jsonl."""
@@ -300,23 +293,28 @@ class Trainer:
     def _mean(self, x: torch.Tensor) -> float:
         return (self._sum(x.detach().float().mean()) / self.acc.num_processes).item()
 
-    def _step_metrics(self, exp: Experience, rewards, final, kl, stats, seconds) -> dict[str, float]:
+    def _step_metrics(self, exp: Experience, rewards: AssembledRewards, kl, stats, used) -> dict[str, float]:
         mask = exp.rollout.response_mask
-        per_response_kl = torch.where(mask, kl, 0).sum(-1)
+        final = rewards.final_combined_raw
         reward_mean = self._mean(final)
         metrics = {
             "reward_mean": reward_mean, "reward_std": math.sqrt(max(self._mean(final ** 2) - reward_mean ** 2, 0)),
-            "token_reward_mean": self._mean(masked_mean(rewards, mask)),
-            "kl": self._mean(per_response_kl), "kl_coef": self.kl.coef,
+            "token_reward_mean": self._mean(masked_mean(rewards.score_rewards, mask)),
+            "kl": self._mean(torch.where(mask, kl, 0).sum(-1)),
             "response_length": self._mean(mask.sum(-1).float()),
             "ended_with_eos": self._mean(exp.rollout.ended.float()),
             "advantage_mean": self._mean(masked_mean(exp.advantages, mask)),
             "policy_lr": self.policy_sched.get_last_lr()[0],
-            "time_s": seconds,
+            **used,
         }
+        if len(self.sources) > 1 or self.lambdas:
+            for source in self.sources:  # each source's mean final score; costs' share over their limit
+                name, limit = source.name, source.config.limit
+                metrics[f"score_{name}"] = self._mean(rewards.final_raw[name])
+                if source.config.kind == "cost" and limit is not None:
+                    metrics[f"over_limit_{name}"] = self._mean((rewards.final_raw[name] > limit).float())
         metrics.update(stats)
-        if "value_loss" not in metrics:
-            metrics["value_loss"] = 0.0
+        metrics.setdefault("value_loss", 0.0)
         return metrics
 
     def _log(self, metrics: dict) -> None:
@@ -324,6 +322,8 @@ class Trainer:
             with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(metrics) + "\n")
         self.acc.log({k: v for k, v in metrics.items() if k != "step"}, step=self.step)
+        for hook in self.on_step_end:
+            hook(metrics)
 
     def save(self) -> None:
         state = {

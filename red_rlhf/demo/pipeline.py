@@ -1,64 +1,25 @@
-"""`red-rlhf demo`: human preference data -> reward model -> RED-PPO -> evaluation -> report.html.
-
-1 prepare     preference pairs and prompts from human movie-review ratings (cached; see sentiment_data)
-2 reward      a Bradley-Terry reward model on those pairs (cached per backbone)
-3 train       PPO on token rewards (reward.scheme red by default; sparse / abc for comparison)
-4 evaluate    held-out prompts before and after: the training reward model and an independent judge (VADER)
-5 report      curves, a before/after table and per-token reward heatmaps in one self-contained page
-"""
+"""The demo's pipeline (`red_rlhf.demo` lists its five stages): each stage one call in `run_demo`."""
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import html
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from red_rlhf.config import Config, validate
+from red_rlhf.config import Config, load_config
 from red_rlhf.data.prompts import read_prompts
-from red_rlhf.report.plots import plot_run
-from red_rlhf.report.heatmap import heatmap_rows_html
-from red_rlhf.training.reward_model import (keep_first_layers, load_backbone, read_pairs, score_head_ticks,
-                                  train_only_last_layers, train_reward_model, train_score_head)
-from red_rlhf.models.sources import HFRewardModel
-from red_rlhf.models.scorer import TokenRewardScorer
 from red_rlhf.data.sentiment import prepare
-
-
-@dataclass
-class DemoSettings:
-    cache_dir: str = "~/.cache/red-rlhf"
-    output_dir: str = "runs/demo"
-    policy: str = "smollm2"  # HF causal LM name/path, "smollm2" (packaged SmolLM2-135M-Instruct) or "tiny" (noise)
-    rm_backbone: str = "smollm2"  # HF decoder name/path for the reward model, "smollm2" or "tiny"
-    reward_scheme: str = "red"
-    steps: int = 40
-    rm_pairs: int | None = 800  # use only the first N training pairs (None: all)
-    rm_keep_layers: int | None = 20  # cut the reward model's trunk to its first N blocks (None: keep all)
-    rm_trainable_layers: int | None = 0  # 0: score head only (frozen trunk); N: last N blocks + head; None: all
-    rm_all_positions: bool = True  # train on every position after chosen/rejected diverge, not only the last
-    rm_epochs: int = 1  # when blocks train (rm_trainable_layers != 0)
-    rm_eval_pairs: int = 256  # held-out pairs for the accuracy check
-    policy_lr: float = 1e-3  # LoRA adapters (or the whole tiny policy)
-    temperature: float = 0.7  # sampling (and log-prob) temperature of the policy
-    eval_prompts: int = 64
-    heatmaps: int = 4
-    sdist: str | None = None  # a local vaderSentiment sdist instead of pip download
-    seed: int = 0  # data split, reward model and (unless rl_seed) the RL run
-    rl_seed: int | None = None  # the RL run alone (prompt order, sampling, LoRA init): same data and reward model
-
-
-def judge(texts: list[str]) -> list[float]:
-    """The independent judge: VADER's compound sentiment (-1..1), a lexicon scorer no model here was trained on."""
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-    analyzer = SentimentIntensityAnalyzer()
-    return [analyzer.polarity_scores(t)["compound"] for t in texts]
+from red_rlhf.demo import DemoSettings, judge
+from red_rlhf.demo.report import report_html
+from red_rlhf.models.packaged import reward_model_dir as cached_reward_model_dir
+from red_rlhf.models.scorer import TokenRewardScorer
+from red_rlhf.models.sources import HFRewardModel
+from red_rlhf.report.plots import plot_run
+from red_rlhf.training.reward_model import (keep_first_layers, load_backbone, read_pairs, score_head_ticks,
+                                            train_only_last_layers, train_reward_model, train_score_head)
 
 
 def _tiny_pair(cache: Path, seed: int):
@@ -89,10 +50,9 @@ def _resolve(name: str, cache: Path) -> str:
 
 def reward_model_dir(s: DemoSettings, data: Path, cache: Path) -> tuple[Path, dict]:
     """Train the reward model once per setting; later runs load it from the cache."""
-    name = s.rm_backbone.replace("/", "--")
-    positions = "all" if s.rm_all_positions else "final"
-    out = cache / (f"rm-{name}-pairs{s.rm_pairs or 'all'}-keep{s.rm_keep_layers}-train{s.rm_trainable_layers}-"
-                   f"{positions}-ep{s.rm_epochs}-seed{s.seed}")
+    out = cached_reward_model_dir(cache, backbone=s.rm_backbone, pairs=s.rm_pairs, keep_layers=s.rm_keep_layers,
+                                  trainable_layers=s.rm_trainable_layers, all_positions=s.rm_all_positions,
+                                  epochs=s.rm_epochs, seed=s.seed)
     if (out / "rm_metrics.json").is_file():
         print(f"reward model found in {out} (cached)")
         return out, json.loads((out / "rm_metrics.json").read_text())
@@ -134,24 +94,19 @@ def reward_model_dir(s: DemoSettings, data: Path, cache: Path) -> tuple[Path, di
 
 
 def train_config(s: DemoSettings, data: Path, policy: str, rm: Path, out: Path) -> Config:
-    cfg = Config()
-    cfg.policy.name_or_path = policy
-    if s.policy != "tiny":
-        cfg.policy.lora_r, cfg.policy.lora_alpha = 16, 32
-    cfg.reward.model, cfg.reward.scheme = str(rm), s.reward_scheme
-    # held-out prompts are evaluated by the demo itself, before and after training
-    cfg.data.prompts, cfg.data.eval_prompts, cfg.data.eval_size = str(data / "prompts_train.txt"), None, 0
-    cfg.rollout.batch_size, cfg.rollout.max_new_tokens, cfg.rollout.max_prompt_tokens = 8, 24, 32
-    cfg.rollout.temperature = s.temperature
-    # the critic starts from the reward model's trunk when both read the same tokens (a zero head: see critic_init)
-    cfg.algo.critic_init = "reward-trunk" if s.policy == s.rm_backbone and s.policy != "tiny" else "policy"
-    cfg.algo.epochs, cfg.algo.mini_batch_size = 2, 4
-    cfg.algo.policy_lr, cfg.algo.critic_lr = s.policy_lr, 1e-3 if s.policy == "tiny" else 5e-5
-    cfg.kl.coef = 0.05
-    cfg.train.steps, cfg.train.output_dir = s.steps, str(out / "train")
-    cfg.train.seed = s.seed if s.rl_seed is None else s.rl_seed
-    cfg.train.save_every = max(1, s.steps // 2)
-    return validate(cfg)
+    """configs/demo.yaml, with this demo's paths and seed, and the settings given on the command line."""
+    overrides = [f"--policy.name_or_path={policy}", f"--reward.model={rm}", f"--data.prompts={data / 'prompts_train.txt'}",
+                 f"--train.output_dir={out / 'train'}", f"--train.seed={s.seed if s.rl_seed is None else s.rl_seed}"]
+    given = {"reward.scheme": s.reward_scheme, "train.steps": s.steps, "algo.policy_lr": s.policy_lr,
+             "rollout.temperature": s.temperature}
+    overrides += [f"--{key}={value}" for key, value in given.items() if value is not None]
+    if s.steps is not None:
+        overrides.append(f"--train.save_every={max(1, s.steps // 2)}")
+    if s.policy == "tiny":  # a random toy policy: full weights, its own critic, a faster critic
+        overrides += ["--policy.lora_r=0", "--algo.critic_init=policy", "--algo.critic_lr=1e-3"]
+    elif s.policy != s.rm_backbone:  # the critic copies the reward model's trunk only when both read the same tokens
+        overrides.append("--algo.critic_init=policy")
+    return load_config("demo", overrides)
 
 
 def run_demo(s: DemoSettings) -> Path:
@@ -177,13 +132,13 @@ def run_demo(s: DemoSettings) -> Path:
         trainer.train()  # 3
     with clock("evaluate"):
         _, after, after_rm, after_kl = trainer.eval_samples(prompts)  # 4 (after)
-        eager = "eager" if s.reward_scheme == "abc" else None  # ABC's heatmaps need attention weights
+        eager = "eager" if cfg.reward.scheme == "abc" else None  # ABC's heatmaps need attention weights
         scorer = TokenRewardScorer(HFRewardModel.from_pretrained(str(rm), attn_implementation=eager),
-                                   policy_tokenizer=trainer.tokenizer, scheme=s.reward_scheme)
+                                   policy_tokenizer=trainer.tokenizer, scheme=cfg.reward.scheme)
         shown = [(p, r) for p, r in zip(prompts, after) if r.strip()][: s.heatmaps]
         heat_rows = scorer.score([p for p, _ in shown], [r for _, r in shown]) if shown else []
     summary = {
-        "reward_scheme": s.reward_scheme, "steps": s.steps, "seed": s.seed, "rl_seed": cfg.train.seed,
+        "reward_scheme": cfg.reward.scheme, "steps": cfg.train.steps, "seed": s.seed, "rl_seed": cfg.train.seed,
         "policy": s.policy, "rm_backbone": s.rm_backbone,
         "rm_train_pairs": rm_metrics.get("train_pairs"), "rm_held_out_pairs": rm_metrics.get("held_out_pairs"),
         "rm_accuracy_before": rm_metrics["accuracy_before"], "rm_accuracy_after": rm_metrics["accuracy_after"],
@@ -225,33 +180,3 @@ class Stopwatch:
 def _mean(values) -> float:
     values = list(values)
     return sum(values) / len(values) if values else float("nan")
-
-
-def report_html(summary, curves: Path, prompts, before, after, before_rm, after_rm, heat_rows) -> str:
-    image = base64.b64encode(curves.read_bytes()).decode()
-    judge_before, judge_after = judge(before), judge(after)
-    rows = "\n".join(
-        f"<tr><td>{html.escape(p)}</td><td>{html.escape(b)}</td><td>{rb:+.3f} / {jb:+.2f}</td>"
-        f"<td>{html.escape(a)}</td><td>{ra:+.3f} / {ja:+.2f}</td></tr>"
-        for p, b, a, rb, ra, jb, ja in zip(prompts, before, after, before_rm, after_rm, judge_before, judge_after))
-    facts = "".join(f"<tr><th>{html.escape(k)}</th><td>{v:.4g}</td></tr>" if isinstance(v, float) else
-                    f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in summary.items())
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>red-rlhf demo report</title>
-<style>body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 80em; color: #222; }}
-table {{ border-collapse: collapse; margin-bottom: 1.5em; }} td, th {{ border: 1px solid #ddd; padding: .3em .6em;
-vertical-align: top; text-align: left; }} img {{ max-width: 100%; }}
-.row {{ border: 1px solid #ddd; border-radius: 6px; padding: 1em; margin-bottom: 1em; }}
-.prompt {{ color: #555; }} .tokens {{ font-family: ui-monospace, monospace; white-space: pre-wrap; line-height: 1.9; }}
-.tok {{ border-right: 1px solid rgba(0,0,0,.08); }} .stats {{ color: #555; font-size: .9em; }}</style></head>
-<body><h1>red-rlhf demo report</h1>
-<h2 id="summary">Summary</h2><table>{facts}</table>
-<h2 id="curves">Training curves</h2><img alt="training curves" src="data:image/png;base64,{image}">
-<h2 id="samples">Held-out prompts, before and after training</h2>
-<p>Scores: training reward model / independent judge (VADER compound, -1..1).</p>
-<table><tr><th>prompt</th><th>before</th><th>score</th><th>after</th><th>score</th></tr>
-{rows}</table>
-<h2 id="heatmaps">Per-token rewards of responses after training</h2>
-{heatmap_rows_html(heat_rows)}
-</body></html>
-"""

@@ -1,0 +1,197 @@
+"""Every source's prefix scores -> the per-token reward the advantage estimator sees. Pure torch.
+
+This module answers "what reward does token t get, and why?" in one function, `assemble_rewards`:
+
+    for each source i (a reward model, a cost model, a python function):
+        s_i          = clip((prefix scores - score_shift) / score_scale, -score_clip, score_clip)
+        r_i          = token_rewards(scheme_i, s_i)          red: s_t - s_{t-1} | sparse | abc   (beta_c, first token)
+    r_t              = sum_i coef_i * r_i,t                  coef: +weight (reward), -weight or -lambda (cost)
+    r_T             -= missing_eos_penalty                   last token of a response cut without EOS
+    r_t             -= kl_coef * KL_t                        per-token KL to the reference (left out when kl is None)
+
+Shapes: B responses, R response positions, right-padded. `response_mask` (B, R) is True on response tokens (EOS
+included). Every output is 0 on padding. Normalisation and clipping act on every prefix score alike (the prompt
+score R(x) included), so RED rewards still telescope to the normalised R(x, y) - R(x).
+
+`assemble_rewards_reference` is the same computation as python loops over rows and tokens; tests hold them equal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from red_rlhf.core.redistribute import FIRST_TOKEN_RULES, SCHEMES, response_span, token_rewards
+
+
+@dataclass
+class SourceScores:
+    """One source's prefix scores on the policy's response tokens, and how they become rewards."""
+
+    name: str
+    prompt: torch.Tensor  # (B,) R(x): the score of the prompt alone
+    tokens: torch.Tensor  # (B, R) the score after each response token; at the last one R(x, y); 0 on padding
+    scheme: str = "red"  # "red" | "sparse" | "abc"
+    coef: float = 1.0  # signed weight: + for a reward, - for a cost (its weight or its Lagrange multiplier)
+    attention: torch.Tensor | None = None  # (B, R) ABC: the reward model's attention on each response token
+
+
+@dataclass
+class RewardSettings:
+    """The reward section's knobs that decide the numbers (see config.RewardConfig for each)."""
+
+    beta_c: float = 1.0
+    first_token: str = "difference"
+    abc_beta: float = 0.5
+    score_shift: float = 0.0
+    score_scale: float = 1.0
+    score_clip: float | None = None
+    missing_eos_penalty: float | None = None
+
+
+@dataclass
+class AssembledRewards:
+    rewards: torch.Tensor  # (B, R) what the advantage estimator sees: score rewards minus the KL term
+    score_rewards: torch.Tensor  # (B, R) the sources' combined token rewards, missing-EOS penalty included, no KL
+    kl_penalty: torch.Tensor  # (B, R) kl_coef * KL_t on response tokens (0 without kl)
+    final_raw: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (B,) R(x, y) as the source gave it
+    final_normalised: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (B,) after shift/scale/clip
+    final_combined_raw: torch.Tensor | None = None  # (B,) sum_i coef_i * raw R_i(x, y)
+
+
+def _check(sources: Sequence[SourceScores], mask: torch.Tensor, settings: RewardSettings) -> None:
+    if not sources:
+        raise ValueError("assemble_rewards needs at least one source")
+    if mask.dim() != 2:
+        raise ValueError(f"response_mask must be (B, R), got shape {tuple(mask.shape)}")
+    if settings.first_token not in FIRST_TOKEN_RULES:
+        raise ValueError(f"first_token must be one of {FIRST_TOKEN_RULES}, got {settings.first_token!r}")
+    if not settings.score_scale > 0:
+        raise ValueError(f"score_scale must be > 0, got {settings.score_scale}")
+    for s in sources:
+        if s.scheme not in SCHEMES:
+            raise ValueError(f"source {s.name!r}: unknown scheme {s.scheme!r}; choose one of {SCHEMES}")
+        if s.tokens.shape != mask.shape or s.prompt.shape != mask.shape[:1]:
+            raise ValueError(f"source {s.name!r}: scores of shape {tuple(s.tokens.shape)} and prompt scores of shape "
+                             f"{tuple(s.prompt.shape)} do not fit the response mask {tuple(mask.shape)}")
+        if s.scheme == "abc" and (s.attention is None or s.attention.shape != mask.shape):
+            raise ValueError(f"source {s.name!r}: scheme 'abc' needs attention of shape {tuple(mask.shape)}")
+
+
+def normalise(scores: torch.Tensor, settings: RewardSettings) -> torch.Tensor:
+    """(s - score_shift) / score_scale, clipped to [-score_clip, score_clip] when set."""
+    out = (scores - settings.score_shift) / settings.score_scale
+    return out if settings.score_clip is None else out.clamp(-settings.score_clip, settings.score_clip)
+
+
+def assemble_rewards(
+    sources: Sequence[SourceScores],
+    response_mask: torch.Tensor,
+    settings: RewardSettings = RewardSettings(),
+    *,
+    ended: torch.Tensor | None = None,
+    kl: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+    dtype: torch.dtype = torch.float32,
+) -> AssembledRewards:
+    """The final per-token rewards (see the module docstring for the whole recipe).
+
+    One left-padded row as the scorer sees it, prompt "Hi," then response "ok!" + EOS (R = 4, one pad):
+
+        position          prompt |   0       1       2      3
+        token              ","   |  ok       !      EOS    PAD
+        response_mask            |   1       1       1      0
+        prompt / tokens    s_0   |  s_1     s_2     s_3     0        (s_0 = R(x), s_3 = R(x, y))
+        red                      | s_1-s_0 s_2-s_1 s_3-s_2  0        sums to s_3 - s_0
+        sparse                   |   0       0      s_3     0
+        then: coef-weighted sum over sources; - missing_eos_penalty on EOS's place if the row has no EOS; - kl_coef * KL_t
+
+    ended: (B,) bool, the response ends with EOS; needed when settings.missing_eos_penalty is set.
+    kl: (B, R) per-token KL estimate (k1 or k3); None: no KL term (an engine that adds its own, e.g. verl).
+    Each source is placed in float64 (prefix differences of large scores lose little), then weighted and summed
+    in `dtype`.
+    """
+    mask = response_mask.bool()
+    _check(sources, mask, settings)
+    _, last = response_span(mask)
+    rows = torch.arange(mask.shape[0], device=mask.device)
+    combined = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+    final_raw, final_normalised = {}, {}
+    for s in sources:
+        # [prompt score | response prefix scores], (B, 1 + R): token_rewards reads R(x) at the position before
+        # the response, exactly as in a left-padded sequence
+        scores = torch.cat([s.prompt.unsqueeze(1), s.tokens], dim=1).to(torch.float64)
+        scores = torch.where(torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1), normalise(scores, settings), 0.0)
+        wide_mask = torch.cat([torch.zeros_like(mask[:, :1]), mask], dim=1)
+        attention = None if s.attention is None else torch.cat([torch.zeros_like(s.attention[:, :1]), s.attention], 1)
+        placed = token_rewards(s.scheme, scores, wide_mask, beta_c=settings.beta_c, first_token=settings.first_token,
+                               attention=attention, abc_beta=settings.abc_beta)[:, 1:]  # (B, R)
+        combined = combined + s.coef * placed.to(dtype)  # placed in float64, summed in dtype
+        final_raw[s.name] = s.tokens[rows, last].to(dtype)
+        final_normalised[s.name] = scores[rows, last + 1].to(dtype)
+    if settings.missing_eos_penalty is not None:
+        if ended is None:
+            raise ValueError("missing_eos_penalty is set: pass ended= (which responses end with EOS)")
+        penalty = torch.where(ended.bool().to(mask.device), 0.0, float(settings.missing_eos_penalty))
+        combined[rows, last] -= penalty.to(dtype)
+    kl_penalty = torch.zeros_like(combined)
+    if kl is not None:
+        if kl.shape != mask.shape:
+            raise ValueError(f"kl of shape {tuple(kl.shape)} does not fit the response mask {tuple(mask.shape)}")
+        kl_penalty = torch.where(mask, kl_coef * kl.to(dtype), 0.0)
+    final_combined = torch.zeros(mask.shape[0], dtype=dtype, device=mask.device)
+    for s in sources:
+        final_combined = final_combined + s.coef * final_raw[s.name]
+    return AssembledRewards(
+        rewards=torch.where(mask, combined - kl_penalty, 0.0), score_rewards=combined, kl_penalty=kl_penalty,
+        final_raw=final_raw, final_normalised=final_normalised, final_combined_raw=final_combined,
+    )
+
+
+def assemble_rewards_reference(
+    sources: Sequence[SourceScores],
+    response_mask: torch.Tensor,
+    settings: RewardSettings = RewardSettings(),
+    *,
+    ended: torch.Tensor | None = None,
+    kl: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+) -> torch.Tensor:
+    """The slow, obvious `assemble_rewards(...).rewards`: python loops over rows and tokens, for tests."""
+
+    def norm(value: float) -> float:
+        value = (float(value) - settings.score_shift) / settings.score_scale
+        if settings.score_clip is not None:
+            value = max(-settings.score_clip, min(settings.score_clip, value))
+        return value
+
+    out = torch.zeros(response_mask.shape, dtype=torch.float64)
+    for b in range(response_mask.shape[0]):
+        positions = [t for t in range(response_mask.shape[1]) if bool(response_mask[b, t])]
+        for s in sources:
+            final = norm(s.tokens[b, positions[-1]])
+            total_attention = sum(float(s.attention[b, t]) for t in positions) if s.scheme == "abc" else 0.0
+            for i, t in enumerate(positions):
+                previous = norm(s.prompt[b]) if i == 0 else norm(s.tokens[b, positions[i - 1]])
+                is_last = i == len(positions) - 1
+                if s.scheme == "sparse":
+                    reward = final if is_last else 0.0
+                elif s.scheme == "abc":
+                    share = float(s.attention[b, t]) / total_attention
+                    reward = settings.abc_beta * final * share + ((1 - settings.abc_beta) * final if is_last else 0.0)
+                else:
+                    if i == 0:
+                        red = {"difference": norm(s.tokens[b, t]) - previous, "zero": 0.0,
+                               "score": norm(s.tokens[b, t])}[settings.first_token]
+                    else:
+                        red = norm(s.tokens[b, t]) - previous
+                    reward = settings.beta_c * red + (1 - settings.beta_c) * (final if is_last else 0.0)
+                out[b, t] += s.coef * reward
+        if settings.missing_eos_penalty is not None and not bool(ended[b]):
+            out[b, positions[-1]] -= settings.missing_eos_penalty
+        if kl is not None:
+            for t in positions:
+                out[b, t] -= kl_coef * float(kl[b, t])
+    return out

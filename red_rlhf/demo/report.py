@@ -1,0 +1,40 @@
+"""The demo's self-contained report page: summary, curves, before/after samples, per-token heatmaps."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+from red_rlhf.demo import judge
+from red_rlhf.report.heatmap import heatmap_rows_html
+
+
+def report_html(summary, curves: Path, prompts, before, after, before_rm, after_rm, heat_rows) -> str:
+    image = base64.b64encode(curves.read_bytes()).decode()
+    judge_before, judge_after = judge(before), judge(after)
+    rows = "\n".join(
+        f"<tr><td>{html.escape(p)}</td><td>{html.escape(b)}</td><td>{rb:+.3f} / {jb:+.2f}</td>"
+        f"<td>{html.escape(a)}</td><td>{ra:+.3f} / {ja:+.2f}</td></tr>"
+        for p, b, a, rb, ra, jb, ja in zip(prompts, before, after, before_rm, after_rm, judge_before, judge_after))
+    facts = "".join(f"<tr><th>{html.escape(k)}</th><td>{v:.4g}</td></tr>" if isinstance(v, float) else
+                    f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in summary.items())
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>red-rlhf demo report</title>
+<style>body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 80em; color: #222; }}
+table {{ border-collapse: collapse; margin-bottom: 1.5em; }} td, th {{ border: 1px solid #ddd; padding: .3em .6em;
+vertical-align: top; text-align: left; }} img {{ max-width: 100%; }}
+.row {{ border: 1px solid #ddd; border-radius: 6px; padding: 1em; margin-bottom: 1em; }}
+.prompt {{ color: #555; }} .tokens {{ font-family: ui-monospace, monospace; white-space: pre-wrap; line-height: 1.9; }}
+.tok {{ border-right: 1px solid rgba(0,0,0,.08); }} .stats {{ color: #555; font-size: .9em; }}</style></head>
+<body><h1>red-rlhf demo report</h1>
+<h2 id="summary">Summary</h2><table>{facts}</table>
+<h2 id="curves">Training curves</h2><img alt="training curves" src="data:image/png;base64,{image}">
+<h2 id="samples">Held-out prompts, before and after training</h2>
+<p>Scores: training reward model / independent judge (VADER compound, -1..1).</p>
+<table><tr><th>prompt</th><th>before</th><th>score</th><th>after</th><th>score</th></tr>
+{rows}</table>
+<h2 id="heatmaps">Per-token rewards of responses after training</h2>
+{heatmap_rows_html(heat_rows)}
+</body></html>
+"""
