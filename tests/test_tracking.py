@@ -76,3 +76,19 @@ def test_log_with_errors_name_the_tracker(tmp_path, monkeypatch):
         Trainer(cfg(tmp_path, "--train.log_with=tensorboard,comet_ml"))
     trainer = Trainer(cfg(tmp_path, "--train.tensorboard=false"))  # the old switch still drops TensorBoard
     assert trainer.acc.log_with == []
+
+
+def test_mlflow_gets_params_metrics_and_the_heatmap_page(tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())  # a local file store, no server
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    trainer = Trainer(cfg(tmp_path, "--train.log_with=mlflow", "--train.steps=1", "--algo.policy_lr=0.00123"))
+    history = trainer.train()
+    client = mlflow.MlflowClient()
+    [run] = client.search_runs([client.get_experiment_by_name("red-rlhf").experiment_id])
+    assert run.data.params["algo.policy_lr"] == "0.00123"
+    assert run.data.metrics["reward_mean"] == pytest.approx(history[-1]["reward_mean"])
+    [page] = [a.path for a in client.list_artifacts(run.info.run_id, "heatmaps")]
+    local = client.download_artifacts(run.info.run_id, page, str(tmp_path / "got"))
+    assert open(local).read() == (tmp_path / "run" / "heatmaps" / "step_000001.html").read_text()

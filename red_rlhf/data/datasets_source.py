@@ -88,7 +88,8 @@ def render_messages(conversation, tokenizer, where: str) -> str:
     prompt, trailing assistant turns dropped (a reference answer is not part of the prompt).
 
     The tokenizer adds its own BOS when the text is encoded, so a BOS the template writes is taken off here: the
-    encoded text is then exactly apply_chat_template(..., tokenize=True).
+    encoded text is then exactly apply_chat_template(..., tokenize=True). (A template that writes no BOS, for a
+    tokenizer that adds one, gets that BOS in front, as plain-text prompts do.)
     """
     if not isinstance(conversation, list) or not all(isinstance(m, dict) and isinstance(m.get("role"), str)
                                                      and isinstance(m.get("content"), str) for m in conversation):
