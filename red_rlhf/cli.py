@@ -88,6 +88,8 @@ def cmd_train_rm(args: argparse.Namespace) -> None:
 
     if not 0 <= args.held_out_fraction < 1:
         raise UserError(f"--held-out-fraction must be in [0, 1), got {args.held_out_fraction}")
+    if args.push_to_hub is not None and args.push_to_hub.count("/") != 1:
+        raise UserError(f"--push-to-hub must be a hub repo id 'user/name', got {args.push_to_hub!r}")
     pairs = read_pairs(args.data)
     generator = torch.Generator().manual_seed(args.seed)
     order = torch.randperm(len(pairs), generator=generator).tolist()

@@ -113,6 +113,8 @@ def test_train_rm_folder_loads_in_transformers_alone_and_in_red_rlhf_score(tmp_p
     out = tmp_path / "rm"
     assert main(["train-rm", "--data", str(data), "--output-dir", str(out), "--head-only", "--held-out-fraction",
                  "0.2", "--push-to-hub", "someone/red-rm"]) == 0
+    assert main(["train-rm", "--data", str(data), "--output-dir", str(out), "--push-to-hub", "red-rm"]) == 2
+    assert "--push-to-hub must be a hub repo id 'user/name', got 'red-rm'" in capsys.readouterr().err
     metrics = json.loads((out / "rm_metrics.json").read_text())
     card = (out / "README.md").read_text()
     assert f"{metrics['accuracy_before']:.3f} before training, {metrics['accuracy_after']:.3f}" in card

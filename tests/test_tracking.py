@@ -1,6 +1,4 @@
-"""train.log_with: several accelerate trackers at once (wandb offline, TensorBoard), the config, eval heatmaps."""
-
-import json
+"""train.log_with: several accelerate trackers at once (wandb offline, TensorBoard, MLflow), the config, eval heatmaps."""
 
 import pytest
 

@@ -122,7 +122,7 @@ def heatmap_image(rows):
             ax.text(t, i, token.replace("\n", "\\n")[:8], ha="center", va="center", fontsize=7)
     ax.set_yticks(range(len(rows)), [f"R={row.final_score:+.2f}" for row in rows], fontsize=7)
     ax.set_xticks([])
-    ax.set_title(f"per-token rewards ({rows[0].scheme}), colour scale +-{scale:.3g}", fontsize=8)
+    ax.set_title(f"per-token rewards ({rows[0].scheme}), colour scale ±{scale:.3g}", fontsize=8)
     fig.tight_layout()
     fig.canvas.draw()
     image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
