@@ -9,22 +9,13 @@ import os
 import sys
 from pathlib import Path
 
-from red_rlhf.data.jsonl import read_records
+from red_rlhf.data.jsonl import read_responses
 from red_rlhf.core.redistribute import FIRST_TOKEN_RULES, SCHEMES
 from red_rlhf.models.prefix import MODES
 
 
 class UserError(Exception):
     """A mistake in what the user asked for; printed as one line, exit status 2."""
-
-
-def read_pairs(path: str) -> tuple[list[str], list[str]]:
-    """Prompts and responses from a JSON-lines file with fields "prompt" and "response"."""
-    try:
-        records = read_records(path, ("prompt", "response"))
-    except (FileNotFoundError, ValueError) as err:
-        raise UserError(str(err)) from err
-    return [r["prompt"] for r in records], [r["response"] for r in records]
 
 
 def _load_pretrained(kind: str, loader, name_or_path: str, **kwargs):
@@ -47,7 +38,10 @@ def cmd_score(args: argparse.Namespace) -> None:
     if args.input is not None:
         if args.prompt is not None or args.response is not None:
             raise UserError("give either --input FILE.jsonl or --prompt and --response, not both")
-        prompts, responses = read_pairs(args.input)
+        try:
+            prompts, responses = read_responses(args.input)
+        except (FileNotFoundError, ValueError) as err:
+            raise UserError(str(err)) from err
     elif args.prompt is None or args.response is None:
         raise UserError("give --prompt and --response (or --input FILE.jsonl)")
     else:
@@ -80,11 +74,11 @@ def cmd_score(args: argparse.Namespace) -> None:
 
 def cmd_train_rm(args: argparse.Namespace) -> None:
     import torch
-    from rich.progress import Progress
 
-    from red_rlhf.training.reward_model import (keep_first_layers, load_backbone, read_pairs, score_head_ticks, train_reward_model,
-                                      train_score_head)
     from red_rlhf.models.prefix import detect_mode
+    from red_rlhf.training.reward_model import (fit_reward_model, keep_first_layers, load_backbone, read_pairs,
+                                                save_reward_model)
+    from red_rlhf.training.export import push_to_hub, write_reward_model_card
 
     if not 0 <= args.held_out_fraction < 1:
         raise UserError(f"--held-out-fraction must be in [0, 1), got {args.held_out_fraction}")
@@ -112,26 +106,15 @@ def cmd_train_rm(args: argparse.Namespace) -> None:
             keep_first_layers(model, args.keep_layers)
         except ValueError as err:
             raise UserError(f"--keep-layers: {err}") from err
-    with Progress() as bar:
-        if args.head_only:
-            task = bar.add_task("reward model: features, then the score head",
-                                total=score_head_ticks(len(train), len(held_out), args.head_iterations))
-            result = train_score_head(model, tokenizer, train, held_out, all_positions=args.all_positions,
-                                      weight_decay=args.weight_decay, iterations=args.head_iterations,
-                                      max_length=args.max_length, on_step=lambda: bar.update(task, advance=1))
-        else:
-            steps = args.epochs * -(-len(train) // args.batch_size)
-            task = bar.add_task("reward model", total=steps)
-            result = train_reward_model(model, tokenizer, train, held_out, epochs=args.epochs, lr=args.lr,
-                                        batch_size=args.batch_size, max_length=args.max_length,
-                                        all_positions=args.all_positions, seed=args.seed,
-                                        on_step=lambda loss: bar.update(task, advance=1, description=f"reward model  loss {loss:.3f}"))
-    from red_rlhf.training.export import push_to_hub, save_reward_model
-
+    result = fit_reward_model(model, tokenizer, train, held_out, head_only=args.head_only, all_positions=args.all_positions,
+                              max_length=args.max_length, seed=args.seed, epochs=args.epochs, lr=args.lr,
+                              batch_size=args.batch_size, weight_decay=args.weight_decay,
+                              head_iterations=args.head_iterations)
     result.update(train_pairs=len(train), held_out_pairs=len(held_out))
     how = ("score head alone on frozen features" if args.head_only else f"{args.epochs} epochs, lr {args.lr:g}") + (
         f", first {args.keep_layers} blocks kept" if args.keep_layers is not None else "")
-    out = save_reward_model(model, tokenizer, args.output_dir, base=args.model, data=args.data, metrics=result, how=how)
+    write_reward_model_card(args.output_dir, base=args.model, data=args.data, metrics=result, how=how)
+    out = save_reward_model(model, tokenizer, args.output_dir, result)  # rm_metrics.json last: the folder is done
     if args.push_to_hub:
         push_to_hub(out, args.push_to_hub, message="red-rlhf: Bradley-Terry reward model")
     print(f"held-out pairwise accuracy: {result['accuracy_before']:.3f} before, {result['accuracy_after']:.3f} after "

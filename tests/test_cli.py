@@ -93,3 +93,15 @@ def test_unreadable_input_lines(tiny_rm, tmp_path, capsys):
     bad.write_text('{"prompt": "a"}\n')
     assert main(["score", "--reward-model", str(tiny_rm), "--input", str(bad)]) == 2
     assert 'line 1: each line needs string field(s) "prompt", "response"' in capsys.readouterr().err
+
+
+def test_score_does_not_import_training_or_the_demo_pipeline():
+    """`red-rlhf score` stays light: the parser reads the demo's settings without its pipeline, trainer or plots."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from red_rlhf.cli import build_parser; build_parser(); "
+            "print(','.join(sorted(m for m in sys.modules if m.startswith(('red_rlhf', 'matplotlib', 'accelerate')))))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split(",")
+    heavy = [m for m in loaded if m.startswith(("red_rlhf.training", "red_rlhf.demo.", "matplotlib", "accelerate"))]
+    assert heavy == [] and "red_rlhf.demo" in [m.strip() for m in loaded]

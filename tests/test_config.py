@@ -57,3 +57,52 @@ def test_missing_and_broken_files(tmp_path):
     bad.write_text("algo: 3\n")
     with pytest.raises(ConfigError, match="section 'algo' must be a mapping"):
         load_config(str(bad))
+
+
+def test_shipped_configs_load_by_name_outside_a_clone(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here: the names resolve to the configs inside the package
+    from red_rlhf.config import shipped_configs
+
+    assert {"toy", "toy-rloo", "toy-cost", "demo", "demo-safe"} <= set(shipped_configs())
+    assert load_config("toy").reward.function == "red_rlhf.data.toy:target_fraction"
+    assert load_config("configs/toy.yaml").rollout.batch_size == load_config("toy").rollout.batch_size
+    with pytest.raises(ConfigError, match="shipped configs, usable by name: .*toy"):
+        load_config("nonesuch")
+
+
+def test_demo_safe_builds_on_demo():
+    demo, safe = load_config("demo"), load_config("demo-safe")
+    for section in ("policy", "rollout", "kl", "algo"):  # the training settings come from the base
+        assert getattr(safe, section) == getattr(demo, section)
+    assert [s.name for s in safe.reward.sources] == ["sentiment", "profanity"]  # the reward is replaced whole
+    assert safe.reward.sources[0].model == demo.reward.model == "demo-reward-model"
+    assert safe.train.output_dir == "runs/demo-safe" and safe.train.steps == demo.train.steps
+
+
+def test_base_chains_merge_key_by_key_and_loops_are_refused(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: toy\nalgo:\n  epochs: 1\n")
+    (tmp_path / "b.yaml").write_text(f"base: {tmp_path / 'a.yaml'}\nkl:\n  coef: 0.5\n")
+    cfg = load_config(str(tmp_path / "b.yaml"))
+    assert cfg.algo.epochs == 1 and cfg.kl.coef == 0.5 and cfg.algo.policy_lr == load_config("toy").algo.policy_lr
+    (tmp_path / "a.yaml").write_text(f"base: {tmp_path / 'b.yaml'}\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_config(str(tmp_path / "b.yaml"))
+
+
+def test_the_one_source_short_form_is_a_list_of_one():
+    cfg = load_config(None, TOY)
+    assert len(cfg.reward.sources) == 1 and cfg.reward.sources[0].name == "reward"
+    assert cfg.reward.sources[0].function == cfg.reward.function == "red_rlhf.data.toy:target_fraction"
+    several = load_config("toy-cost")
+    with pytest.raises(ConfigError, match=r"reward.scheme is the one-source short form; with 2 reward.sources"):
+        several.reward.scheme = "sparse"
+    with pytest.raises(ConfigError, match=r"reward.model is the one-source short form"):
+        load_config("toy-cost", ["--reward.model=x"])
+
+
+def test_the_demo_reward_model_by_name_says_how_to_make_it(tmp_path, monkeypatch):
+    from red_rlhf.models.packaged import resolve_model_name
+
+    with pytest.raises(FileNotFoundError, match="run `red-rlhf demo` once"):
+        resolve_model_name("demo-reward-model", cache=tmp_path)
+    assert resolve_model_name("some/other-model", cache=tmp_path) == "some/other-model"

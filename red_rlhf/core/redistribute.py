@@ -169,7 +169,7 @@ def token_rewards(
     masks come from lengths, never from `ids != pad_id`. A response cut at max length without EOS is
     scored at its last token the same way. When the reward model reads its score at a trailing template
     token the policy never produced, the caller puts that pooled score on the last response token (see
-    `scoring.align_prefix_scores`), so the sum still telescopes to R(x, y) - R(x).
+    `core.alignment.scores_at_cuts`), so the sum still telescopes to R(x, y) - R(x).
     """
     if scheme == "red":
         return redistribute(scores, response_mask, beta_c=beta_c, first_token=first_token)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from red_rlhf.core.advantages import shape_rewards
 from red_rlhf.core.redistribute import FIRST_TOKEN_RULES, SCHEMES, response_span, token_rewards
 
 
@@ -136,16 +137,17 @@ def assemble_rewards(
             raise ValueError("missing_eos_penalty is set: pass ended= (which responses end with EOS)")
         penalty = torch.where(ended.bool().to(mask.device), 0.0, float(settings.missing_eos_penalty))
         combined[rows, last] -= penalty.to(dtype)
-    kl_penalty = torch.zeros_like(combined)
+    rewards, kl_penalty = torch.where(mask, combined, 0.0), torch.zeros_like(combined)
     if kl is not None:
         if kl.shape != mask.shape:
             raise ValueError(f"kl of shape {tuple(kl.shape)} does not fit the response mask {tuple(mask.shape)}")
+        rewards = shape_rewards(combined, kl.to(dtype), mask, kl_coef)
         kl_penalty = torch.where(mask, kl_coef * kl.to(dtype), 0.0)
     final_combined = torch.zeros(mask.shape[0], dtype=dtype, device=mask.device)
     for s in sources:
         final_combined = final_combined + s.coef * final_raw[s.name]
     return AssembledRewards(
-        rewards=torch.where(mask, combined - kl_penalty, 0.0), score_rewards=combined, kl_penalty=kl_penalty,
+        rewards=rewards, score_rewards=combined, kl_penalty=kl_penalty,
         final_raw=final_raw, final_normalised=final_normalised, final_combined_raw=final_combined,
     )
 

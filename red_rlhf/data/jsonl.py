@@ -33,3 +33,9 @@ def read_records(path: str | Path, fields: tuple[str, ...]) -> list[dict]:
     if not records:
         raise ValueError(f"{path} holds no records")
     return records
+
+
+def read_responses(path: str | Path) -> tuple[list[str], list[str]]:
+    """Prompts and responses to score, from a JSON-lines file with fields "prompt" and "response"."""
+    records = read_records(path, ("prompt", "response"))
+    return [r["prompt"] for r in records], [r["response"] for r in records]

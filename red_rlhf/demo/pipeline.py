@@ -18,23 +18,18 @@ from red_rlhf.models.packaged import reward_model_dir as cached_reward_model_dir
 from red_rlhf.models.scorer import TokenRewardScorer
 from red_rlhf.models.sources import HFRewardModel
 from red_rlhf.report.plots import plot_run
-from red_rlhf.training.reward_model import (keep_first_layers, load_backbone, read_pairs, score_head_ticks,
-                                            train_only_last_layers, train_reward_model, train_score_head)
+from red_rlhf.training.reward_model import (fit_reward_model, keep_first_layers, load_backbone, read_pairs,
+                                            save_reward_model, train_only_last_layers)
 
 
 def _tiny_pair(cache: Path, seed: int):
     """A tiny GPT-2 policy and reward-model backbone sharing one tokenizer, saved once to the cache."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from red_rlhf.models.tiny import tiny_reward_model, tiny_tokenizer
+    from red_rlhf.models.tiny import tiny_causal_lm, tiny_reward_model, tiny_tokenizer
 
     policy_dir = cache / "tiny-policy"
     tok = tiny_tokenizer("gpt2")
     if not (policy_dir / "config.json").is_file():
-        torch.manual_seed(seed)
-        config = GPT2Config(vocab_size=len(tok), n_embd=64, n_layer=2, n_head=2, n_positions=256,
-                            bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        GPT2LMHeadModel(config).save_pretrained(policy_dir)
+        tiny_causal_lm(tok, context=256, seed=seed).save_pretrained(policy_dir)
         tok.save_pretrained(policy_dir)
     return str(policy_dir), tiny_reward_model("gpt2", len(tok), pad_token_id=tok.pad_token_id, seed=seed, width=64), tok
 
@@ -66,31 +61,16 @@ def reward_model_dir(s: DemoSettings, data: Path, cache: Path) -> tuple[Path, di
         keep_first_layers(model, s.rm_keep_layers)
     train = read_pairs(data / "pairs_train.jsonl")[: s.rm_pairs]
     held_out = read_pairs(data / "pairs_eval.jsonl")[: s.rm_eval_pairs]
-    from rich.progress import Progress
-
-    with Progress() as bar:
-        if s.rm_trainable_layers == 0:  # frozen trunk: features once, then a linear head (seconds)
-            iterations = 400
-            task = bar.add_task(f"reward model: features of {len(train)} + {len(held_out)} pairs, then the score head",
-                                total=score_head_ticks(len(train), len(held_out), iterations))
-            metrics = train_score_head(model, tok, train, held_out, all_positions=s.rm_all_positions,
-                                       iterations=iterations, max_length=512, on_step=lambda: bar.update(task, advance=1))
-        else:
-            if s.rm_trainable_layers is not None:
-                train_only_last_layers(model, s.rm_trainable_layers)
-            steps = s.rm_epochs * -(-len(train) // 16)
-            task = bar.add_task(f"reward model ({len(train)} pairs)", total=steps)
-            metrics = train_reward_model(
-                model, tok, train, held_out, epochs=s.rm_epochs, lr=1e-3 if s.rm_backbone == "tiny" else 1e-5,
-                batch_size=16, max_length=512, all_positions=s.rm_all_positions, seed=s.seed,
-                on_step=lambda loss: bar.update(task, advance=1, description=f"reward model  loss {loss:.3f}"))
+    if s.rm_trainable_layers not in (0, None):
+        train_only_last_layers(model, s.rm_trainable_layers)
+    # a trunk frozen whole (0) trains the score head alone on features computed once (seconds)
+    metrics = fit_reward_model(model, tok, train, held_out, head_only=s.rm_trainable_layers == 0,
+                               all_positions=s.rm_all_positions, max_length=512, seed=s.seed, epochs=s.rm_epochs,
+                               lr=1e-3 if s.rm_backbone == "tiny" else 1e-5, batch_size=16)
     print(f"reward model: held-out pairwise accuracy {metrics['accuracy_before']:.3f} -> {metrics['accuracy_after']:.3f} "
           f"({len(held_out)} pairs)")
     metrics.update(train_pairs=len(train), held_out_pairs=len(held_out))
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    (out / "rm_metrics.json").write_text(json.dumps(metrics, indent=2))  # written last: marks a finished model
-    return out, metrics
+    return save_reward_model(model, tok, out, metrics), metrics
 
 
 def train_config(s: DemoSettings, data: Path, policy: str, rm: Path, out: Path) -> Config:

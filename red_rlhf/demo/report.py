@@ -7,7 +7,7 @@ import html
 from pathlib import Path
 
 from red_rlhf.demo import judge
-from red_rlhf.report.heatmap import heatmap_rows_html
+from red_rlhf.report.heatmap import HEATMAP_CSS, heatmap_rows_html
 
 
 def report_html(summary, curves: Path, prompts, before, after, before_rm, after_rm, heat_rows) -> str:
@@ -21,12 +21,9 @@ def report_html(summary, curves: Path, prompts, before, after, before_rm, after_
                     f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in summary.items())
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>red-rlhf demo report</title>
-<style>body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 80em; color: #222; }}
-table {{ border-collapse: collapse; margin-bottom: 1.5em; }} td, th {{ border: 1px solid #ddd; padding: .3em .6em;
-vertical-align: top; text-align: left; }} img {{ max-width: 100%; }}
-.row {{ border: 1px solid #ddd; border-radius: 6px; padding: 1em; margin-bottom: 1em; }}
-.prompt {{ color: #555; }} .tokens {{ font-family: ui-monospace, monospace; white-space: pre-wrap; line-height: 1.9; }}
-.tok {{ border-right: 1px solid rgba(0,0,0,.08); }} .stats {{ color: #555; font-size: .9em; }}</style></head>
+<style>{HEATMAP_CSS}table {{ border-collapse: collapse; margin-bottom: 1.5em; }}
+td, th {{ border: 1px solid #ddd; padding: .3em .6em; vertical-align: top; text-align: left; }} img {{ max-width: 100%; }}
+</style></head>
 <body><h1>red-rlhf demo report</h1>
 <h2 id="summary">Summary</h2><table>{facts}</table>
 <h2 id="curves">Training curves</h2><img alt="training curves" src="data:image/png;base64,{image}">

@@ -16,6 +16,7 @@ import torch
 from dataclasses import dataclass
 
 from red_rlhf.config import Config, ConfigError, SourceConfig, reward_sources
+from red_rlhf.models.prefix import max_context
 from red_rlhf.models.sources import FunctionReward, HFRewardModel, RewardSource
 
 
@@ -166,7 +167,7 @@ def load_sources(cfg: Config) -> list[Source]:
 
 def check_context(policy, cfg: Config) -> None:
     """Longest prompt + longest response must fit the policy's context."""
-    context = getattr(policy.config, "n_positions", None) or getattr(policy.config, "max_position_embeddings", None)
+    context = max_context(policy)
     need = cfg.rollout.max_prompt_tokens + cfg.rollout.max_new_tokens
     if context and need > context:
         raise ConfigError(f"rollout.max_prompt_tokens + rollout.max_new_tokens = {need} exceeds the policy's context "

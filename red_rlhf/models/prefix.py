@@ -19,6 +19,8 @@ import logging
 
 import torch
 
+from red_rlhf.core.masks import pad_rows, position_ids
+
 logger = logging.getLogger("red_rlhf")
 
 MODES = ("auto", "causal", "prefix")
@@ -107,8 +109,8 @@ def _pad_token_id(model: torch.nn.Module, value: int | None):
 
 def trunk_hidden(model, input_ids, attention_mask) -> torch.Tensor:
     """The input of a decoder classifier's score head at every position, (B, T, H); right or left padding."""
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T), 0 at the first real token
-    return model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)[0]
+    positions = position_ids(attention_mask)  # (B, T), 0 at the first real token
+    return model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions)[0]
 
 
 def causal_scores(model, input_ids, attention_mask, column: int = 0) -> torch.Tensor:
@@ -175,13 +177,8 @@ def _per_prefix_scores(model, input_ids, attention_mask, token_type_ids, column,
             real += width
             stop += 1
         chunk = prefixes[start:stop]
-        width = len(chunk[-1][2])
-        index = torch.zeros(len(chunk), width, dtype=torch.long, device=input_ids.device)
-        mask = torch.zeros(len(chunk), width, dtype=torch.long, device=input_ids.device)
+        index, mask = pad_rows([idx for _, _, idx in chunk], 0, device=input_ids.device)  # (N, W) token indices
         rows = torch.tensor([b for b, _, _ in chunk], device=input_ids.device)
-        for i, (_, _, idx) in enumerate(chunk):
-            index[i, : len(idx)] = torch.tensor(idx)
-            mask[i, : len(idx)] = 1
         ids = input_ids[rows.unsqueeze(1), index]  # (N, W), right-padded
         types = None if token_type_ids is None else token_type_ids[rows.unsqueeze(1), index] * mask
         values = _model_scores(model, ids, mask, types, column)  # (N,)
@@ -266,7 +263,7 @@ def pooled_attention(model: torch.nn.Module, input_ids: torch.Tensor, attention_
     _check_inputs(model, input_ids, attention_mask)
     kwargs = {}
     if not _is_bidirectional(model):
-        kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        kwargs["position_ids"] = position_ids(attention_mask)
     out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True, **kwargs)
     if not out.attentions:
         raise ValueError(

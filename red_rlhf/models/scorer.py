@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from red_rlhf.core.masks import pad_rows
 from red_rlhf.core.redistribute import SCHEMES
 from red_rlhf.core.reward_assembly import RewardSettings, SourceScores, assemble_rewards
 from red_rlhf.models.sources import FunctionReward, HFRewardModel, RewardSource, TokenBatch, score_text_path
@@ -88,17 +89,11 @@ class TokenRewardScorer:
         # tokenize alike the reward model may score the ids directly (tensor path); else it scores the text.
         plain = all(tok(p + r).input_ids == p_ids + ids
                     for p, r, p_ids, (ids, _) in zip(prompts, responses, prompt_ids, tokenized))
-        width_p, width_r = max(map(len, prompt_ids)), max(len(ids) for ids, _ in tokenized)
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        p_tensor = torch.full((len(prompts), width_p), pad, dtype=torch.long)
-        p_mask = torch.zeros_like(p_tensor)
-        r_tensor = torch.full((len(prompts), width_r), pad, dtype=torch.long)
-        r_mask = torch.zeros_like(r_tensor, dtype=torch.bool)
-        for i, (p_ids, (ids, _)) in enumerate(zip(prompt_ids, tokenized)):
-            p_tensor[i, width_p - len(p_ids):], p_mask[i, width_p - len(p_ids):] = torch.tensor(p_ids), 1
-            r_tensor[i, : len(ids)], r_mask[i, : len(ids)] = torch.tensor(ids), True
+        p_tensor, p_mask = pad_rows(prompt_ids, pad, side="left")  # as the trainer lays out a rollout
+        r_tensor, r_mask = pad_rows([ids for ids, _ in tokenized], pad)
         cuts = [[end for _, end in offsets] for _, offsets in tokenized]
-        batch = TokenBatch(prompts, p_tensor, p_mask, r_tensor, r_mask, tok, plain_prompts=plain,
+        batch = TokenBatch(prompts, p_tensor, p_mask, r_tensor, r_mask.bool(), tok, plain_prompts=plain,
                            _texts=(responses, cuts))
         return batch, tokenized
 
@@ -119,8 +114,10 @@ class TokenRewardScorer:
         out = []
         for i, (prompt, response, (ids, offsets)) in enumerate(zip(prompts, responses, tokenized)):
             n = len(ids)
-            ends = [end for _, end in offsets]
-            pieces = [response[max(ends[:t], default=0): ends[t]] for t in range(n)]  # each token's own text once
+            pieces, start = [], 0  # each token's own text once: a multi-byte character goes to the token ending it
+            for _, end in offsets:
+                pieces.append(response[start:max(start, end)])
+                start = max(start, end)
             out.append(ScoredResponse(prompt, response, pieces, ids, offsets, scores.tokens[i, :n].tolist(),
                                       float(scores.prompt[i]), float(scores.tokens[i, n - 1]), rewards[i, :n].tolist(),
                                       self.scheme))

@@ -27,6 +27,7 @@ from typing import Protocol
 import torch
 
 from red_rlhf.core.alignment import check_cuts, scores_at_cuts, sums_between_cuts
+from red_rlhf.core.masks import pad_rows
 from red_rlhf.models.detokenize import response_texts
 from red_rlhf.models.prefix import pooled_attention, prefix_scores, resolve_mode
 
@@ -285,15 +286,8 @@ class HFRewardModel:
 
     def _batch_scores(self, rows: list[_Encoded], need_attention: bool):
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        width = max(len(r.input_ids) for r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        types = torch.zeros((len(rows), width), dtype=torch.long) if rows[0].token_type_ids is not None else None
-        for i, r in enumerate(rows):  # right padding; prefix_scores handles either side
-            ids[i, : len(r.input_ids)] = torch.tensor(r.input_ids)
-            mask[i, : len(r.input_ids)] = 1
-            if types is not None:
-                types[i, : len(r.input_ids)] = torch.tensor(r.token_type_ids)
+        ids, mask = pad_rows([r.input_ids for r in rows], pad)  # right padding; prefix_scores handles either side
+        types = pad_rows([r.token_type_ids for r in rows], 0)[0] if rows[0].token_type_ids is not None else None
         device = next(self.model.parameters()).device
         ids, mask = ids.to(device), mask.to(device)
         tails = [len(r.input_ids) - 1 - r.last for r in rows] if self.mode == "prefix" else 0

@@ -146,9 +146,16 @@ def toy_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
 
 
-def toy_policy(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> GPT2LMHeadModel:
+def tiny_causal_lm(tokenizer, *, width: int = 64, layers: int = 2, heads: int = 2, context: int = 128,
+                   seed: int = 0) -> GPT2LMHeadModel:
+    """A randomly initialised GPT-2 language model over `tokenizer` (EOS doubles as BOS), for tests and smoke runs."""
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=len(tokenizer), n_embd=64, n_layer=2, n_head=2, n_positions=128,
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=width, n_layer=layers, n_head=heads, n_positions=context,
                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
                         pad_token_id=tokenizer.pad_token_id)
     return GPT2LMHeadModel(config)
+
+
+def toy_policy(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> GPT2LMHeadModel:
+    """The toy task's policy: a 2-layer GPT-2 over the toy vocabulary."""
+    return tiny_causal_lm(tokenizer, seed=seed)

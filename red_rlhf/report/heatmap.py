@@ -52,22 +52,25 @@ def print_table(rows: Sequence[ScoredResponse], console: Console | None = None) 
         )
 
 
+# The token strips' style, shared by every page that shows them (this one and the demo's report).
+HEATMAP_CSS = """body { font-family: system-ui, sans-serif; margin: 2em; max-width: 80em; color: #222; }
+.row { border: 1px solid #ddd; border-radius: 6px; padding: 1em; margin-bottom: 1.5em; }
+.prompt { color: #555; white-space: pre-wrap; margin-bottom: .5em; }
+.tokens { font-family: ui-monospace, monospace; white-space: pre-wrap; line-height: 1.9; }
+.tok { position: relative; padding: 1px 0; border-right: 1px solid rgba(0,0,0,.08); cursor: default; }
+.tok:hover::after { content: attr(data-tip); position: absolute; left: 0; top: 1.8em; z-index: 1; white-space: pre;
+  background: #222; color: #fff; padding: .3em .5em; border-radius: 4px; font-size: .85em; }
+.stats { color: #555; font-size: .9em; margin-top: .5em; }
+.legend span { padding: 0 .6em; font-family: ui-monospace, monospace; }
+"""
+
 _PAGE = """<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <title>{title}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 70em; color: #222; }}
-.row {{ border: 1px solid #ddd; border-radius: 6px; padding: 1em; margin-bottom: 1.5em; }}
-.prompt {{ color: #555; white-space: pre-wrap; margin-bottom: .5em; }}
-.tokens {{ font-family: ui-monospace, monospace; white-space: pre-wrap; line-height: 1.9; }}
-.tok {{ position: relative; padding: 1px 0; border-right: 1px solid rgba(0,0,0,.08); cursor: default; }}
-.tok:hover::after {{ content: attr(data-tip); position: absolute; left: 0; top: 1.8em; z-index: 1; white-space: pre;
-  background: #222; color: #fff; padding: .3em .5em; border-radius: 4px; font-size: .85em; }}
-.stats {{ color: #555; font-size: .9em; margin-top: .5em; }}
-.legend span {{ padding: 0 .6em; font-family: ui-monospace, monospace; }}
-</style>
+{css}</style>
 </head>
 <body>
 <h1>{title}</h1>
@@ -100,7 +103,7 @@ def _row_html(n: int, row: ScoredResponse, scale: float) -> str:
 def heatmap_html(rows: Sequence[ScoredResponse], title: str = "red-rlhf: per-token rewards") -> str:
     """A self-contained page (no scripts, no external files): one coloured token strip per response."""
     schemes = ", ".join(sorted({row.scheme for row in rows}))
-    return _PAGE.format(title=html.escape(title), schemes=html.escape(schemes), scale=_scale(rows),
+    return _PAGE.format(title=html.escape(title), css=HEATMAP_CSS, schemes=html.escape(schemes), scale=_scale(rows),
                         rows=heatmap_rows_html(rows))
 
 

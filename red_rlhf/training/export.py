@@ -3,7 +3,7 @@
     OUTPUT_DIR/policy/          the policy (full model), or with LoRA its adapters (AutoPeftModelForCausalLM)
     OUTPUT_DIR/policy-merged/   with train.merge_lora: the adapters merged into the base (AutoModelForCausalLM)
 
-Reward models from `red-rlhf train-rm` get the same treatment (`save_reward_model`): a folder that
+Reward models from `red-rlhf train-rm` get a card too (`write_reward_model_card`): their folder is one that
 AutoModelForSequenceClassification and `red-rlhf score` load alone. `push_to_hub` uploads a folder.
 """
 
@@ -133,16 +133,11 @@ top_p {cfg.rollout.top_p:g}, max_new_tokens {cfg.rollout.max_new_tokens}).
 """
 
 
-def save_reward_model(model, tokenizer, folder: str | Path, *, base: str, data: str, metrics: dict,
-                      how: str) -> Path:
-    """A reward model from `red-rlhf train-rm` as a standard folder with a card; returns the folder."""
+def write_reward_model_card(folder: str | Path, *, base: str, data: str, metrics: dict, how: str) -> Path:
+    """The model card (README.md) of a reward model from `red-rlhf train-rm`; the weights, tokenizer and
+    rm_metrics.json are saved by training.reward_model.save_reward_model. Returns the card's path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if model.config.pad_token_id is None:  # batched sequence classification finds the last token by the pad id
-        model.config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    (folder / "rm_metrics.json").write_text(json.dumps(metrics, indent=2))
     base_text = "a tiny GPT-2 built from a config (`tiny`)" if base == "tiny" else f"`{base}`"
     card = _front_matter(base, "transformers", ["red-rlhf", "reward-model", "bradley-terry"],
                          "text-classification") + f"""
@@ -165,7 +160,7 @@ tokenizer = AutoTokenizer.from_pretrained(PATH)
 Per-token rewards: `red-rlhf score --reward-model PATH --prompt "..." --response "..."`.
 """
     (folder / "README.md").write_text(card, encoding="utf-8")
-    return folder
+    return folder / "README.md"
 
 
 def push_to_hub(folder: str | Path, repo_id: str, api=None, message: str = "red-rlhf export") -> object:

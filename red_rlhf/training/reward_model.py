@@ -9,6 +9,7 @@ meaningful as partial-response scores.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from red_rlhf.core.masks import pad_rows
 from red_rlhf.data.jsonl import read_records
 from red_rlhf.models.prefix import causal_scores, trunk_hidden
 
@@ -144,12 +146,8 @@ def encode_pairs(tokenizer, pairs: list[PreferencePair], max_length: int) -> dic
         raise ValueError(f"a pair has {longest} tokens, more than max_length={max_length}: raise it or shorten the data")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out = {}
-    for side, rows in encoded.items():
-        ids = torch.full((len(rows), longest), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), longest), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
-        out[f"{side}_ids"], out[f"{side}_mask"] = ids, mask
+    for side, rows in encoded.items():  # both sides padded to one width
+        out[f"{side}_ids"], out[f"{side}_mask"] = pad_rows(rows, pad, width=longest)
     return out
 
 
@@ -268,3 +266,36 @@ def train_score_head(model, tokenizer, train: list[PreferencePair], held_out: li
     folded = (weight.detach() / scale).to(head.weight.dtype)
     head.weight.data[0] = folded
     return {"accuracy_before": before, "accuracy_after": accuracy(folded.float()), "last_loss": loss.item()}
+
+
+def fit_reward_model(model, tokenizer, train: list[PreferencePair], held_out: list[PreferencePair], *,
+                     head_only: bool, all_positions: bool, max_length: int, seed: int = 0, epochs: int = 1,
+                     lr: float = 1e-5, batch_size: int = 8, weight_decay: float = 0.03,
+                     head_iterations: int = 400) -> dict[str, float]:
+    """Bradley-Terry training with a progress bar: the score head alone on frozen features (`train_score_head`),
+    or the trainable weights (`train_reward_model`). The one entry point of `red-rlhf train-rm` and the demo."""
+    from rich.progress import Progress
+
+    with Progress() as bar:
+        if head_only:
+            task = bar.add_task(f"reward model: features of {len(train)} + {len(held_out)} pairs, then the score head",
+                                total=score_head_ticks(len(train), len(held_out), head_iterations))
+            return train_score_head(model, tokenizer, train, held_out, all_positions=all_positions,
+                                    weight_decay=weight_decay, iterations=head_iterations, max_length=max_length,
+                                    on_step=lambda: bar.update(task, advance=1))
+        task = bar.add_task(f"reward model ({len(train)} pairs)", total=epochs * -(-len(train) // batch_size))
+        return train_reward_model(model, tokenizer, train, held_out, epochs=epochs, lr=lr, batch_size=batch_size,
+                                  max_length=max_length, all_positions=all_positions, seed=seed,
+                                  on_step=lambda loss: bar.update(task, advance=1,
+                                                                  description=f"reward model  loss {loss:.3f}"))
+
+
+def save_reward_model(model, tokenizer, out: str | Path, metrics: dict) -> Path:
+    """The model and tokenizer (from_pretrained loads them), then rm_metrics.json, written last: it marks a
+    finished reward model (the demo's cache trusts a folder only when it is there)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "rm_metrics.json").write_text(json.dumps(metrics, indent=2))
+    return out

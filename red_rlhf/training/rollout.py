@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from red_rlhf.core.masks import pad_rows, position_ids
 from red_rlhf.models.sources import TokenBatch
 
 
@@ -55,11 +56,6 @@ class Rollout:
         return ids, mask, position_ids(mask)
 
 
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """0 at each row's first real token, counting real tokens only (left padding does not shift positions)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
 def encode_prompts(tokenizer, prompts: list[str], *, max_tokens: int, chat_template: bool = False):
     """Left-padded prompt ids and mask, (B, P). Empty or over-long prompts are errors, never silently cut."""
     if not prompts:
@@ -79,14 +75,7 @@ def encode_prompts(tokenizer, prompts: list[str], *, max_tokens: int, chat_templ
                 f"prompt {i} has {len(ids)} tokens, more than rollout.max_prompt_tokens={max_tokens}: shorten it "
                 "or raise the limit"
             )
-    width = max(len(ids) for ids in encoded)
-    pad = tokenizer.pad_token_id
-    prompt_ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-    prompt_mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for i, ids in enumerate(encoded):
-        prompt_ids[i, width - len(ids):] = torch.tensor(ids)
-        prompt_mask[i, width - len(ids):] = 1
-    return prompt_ids, prompt_mask
+    return pad_rows(encoded, tokenizer.pad_token_id, side="left")
 
 
 def truncate_at_eos(response_ids: torch.Tensor, eos_id: int, pad_id: int):
