@@ -1,15 +1,19 @@
 # Two commands do all set-up on a fresh machine (Python 3.10+ with venv):
 #   make demo   - build the environment, then run the main job (red-rlhf demo, about 12 minutes the first time on 2 CPU cores)
 #   make test   - build the environment, then run the test suite
+#   make verl   - add verl 0.9.1 and its runtime dependencies to the environment (README "Scaling out on verl");
+#                 `make test` then also runs tests/test_verl.py (skipped, with the reason, without verl)
 # TORCH picks the torch build; the default is the CPU wheel. GPU users:
 #   make test TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cuXXX"   (see README)
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
+VERL ?= verl==0.9.1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.red-rlhf-installed
+VERL_STAMP := $(VENV)/.verl-installed
 
-.PHONY: demo toy test install bench bench-trl bench-learning clean
+.PHONY: demo toy test install verl bench bench-trl bench-learning clean
 
 install: $(STAMP)
 
@@ -18,6 +22,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
 	touch $(STAMP)
+
+# verl pins transformers<5.11 and this project needs >=5.20, so verl goes in without its pins (--no-deps) after
+# the runtime dependencies it imports (the `verl` extra). Checked: verl's reward loop, ray_trainer and core_algos
+# import and run on CPU with transformers 5.24.
+verl: $(VERL_STAMP)
+
+$(VERL_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test,verl]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(VERL)
+	$(BIN)/python -W ignore -c "import verl.trainer.ppo.ray_trainer, red_rlhf.integrations.verl"
+	touch $(VERL_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/red-rlhf demo

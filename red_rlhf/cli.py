@@ -19,11 +19,15 @@ class UserError(Exception):
 
 
 def _load_pretrained(kind: str, loader, name_or_path: str, **kwargs):
-    looks_local = name_or_path.startswith((".", "/", "~")) or Path(name_or_path).exists()
-    if looks_local and not Path(name_or_path).expanduser().exists():
-        raise UserError(f"{kind} path {name_or_path} does not exist")
+    from red_rlhf.models.paths import MODEL_FILES, TOKENIZER_FILES, check_model_path, looks_local
+
     try:
-        return loader(str(Path(name_or_path).expanduser()) if looks_local else name_or_path, **kwargs)
+        check_model_path(name_or_path, kind, TOKENIZER_FILES if kind.endswith("tokenizer") else MODEL_FILES)
+    except (FileNotFoundError, ValueError) as err:
+        raise UserError(str(err)) from None
+    local = looks_local(name_or_path)
+    try:
+        return loader(str(Path(name_or_path).expanduser()) if local else name_or_path, **kwargs)
     except OSError as err:
         raise UserError(f"could not load {kind} {name_or_path!r}: {str(err).splitlines()[0]}") from err
 
@@ -47,7 +51,7 @@ def cmd_score(args: argparse.Namespace) -> None:
     else:
         prompts, responses = [args.prompt], [args.response]
     for i, response in enumerate(responses):
-        if not response.strip():
+        if not response:  # whitespace is text a tokenizer may give tokens; the scorer says when it gives none
             raise UserError(f"response {i + 1} is empty: there are no tokens to reward")
     reward = _load_pretrained(
         "reward model", HFRewardModel.from_pretrained, args.reward_model, mode=args.mode, format=args.format,
@@ -61,15 +65,22 @@ def cmd_score(args: argparse.Namespace) -> None:
     rows = scorer.score(prompts, responses)
     print_table(rows)
     if args.html:
-        out = Path(args.html)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(heatmap_html(rows), encoding="utf-8")
-        print(f"wrote {out}")
+        print(f"wrote {_write_output('--html', args.html, heatmap_html(rows))}")
     if args.json:
-        out = Path(args.json)
+        print(f"wrote {_write_output('--json', args.json, ''.join(json.dumps(row.to_dict()) + chr(10) for row in rows))}")
+
+
+def _write_output(option: str, path: str, text: str) -> Path:
+    """Write a result file; a directory, a read-only place or a full disk is one line naming the option."""
+    out = Path(path).expanduser()
+    if out.is_dir():
+        raise UserError(f"{option} {path} is a directory: give a file name")
+    try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("".join(json.dumps(row.to_dict()) + "\n" for row in rows), encoding="utf-8")
-        print(f"wrote {out}")
+        out.write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise UserError(f"{option} {path}: cannot write: {err.strerror or err}") from None
+    return out
 
 
 def cmd_train_rm(args: argparse.Namespace) -> None:
@@ -91,6 +102,7 @@ def cmd_train_rm(args: argparse.Namespace) -> None:
     held_out, train = [pairs[i] for i in order[:n_held]], [pairs[i] for i in order[n_held:]]
     if not train:
         raise UserError(f"{args.data}: no pairs left for training after holding out {n_held}")
+    out = _output_dir("--output-dir", args.output_dir)  # before the model loads
     if args.model == "tiny":
         from red_rlhf.models.tiny import tiny_reward_model, tiny_tokenizer
 
@@ -111,14 +123,20 @@ def cmd_train_rm(args: argparse.Namespace) -> None:
                               batch_size=args.batch_size, weight_decay=args.weight_decay,
                               head_iterations=args.head_iterations)
     result.update(train_pairs=len(train), held_out_pairs=len(held_out))
+    if not held_out:  # no accuracy was measured: null in the file, not NaN
+        result.update(accuracy_before=None, accuracy_after=None)
     how = ("score head alone on frozen features" if args.head_only else f"{args.epochs} epochs, lr {args.lr:g}") + (
         f", first {args.keep_layers} blocks kept" if args.keep_layers is not None else "")
-    write_reward_model_card(args.output_dir, base=args.model, data=args.data, metrics=result, how=how)
-    out = save_reward_model(model, tokenizer, args.output_dir, result)  # rm_metrics.json last: the folder is done
+    write_reward_model_card(out, base=args.model, data=args.data, metrics=result, how=how)
+    out = save_reward_model(model, tokenizer, out, result)  # rm_metrics.json last: it marks a finished folder
     if args.push_to_hub:
         push_to_hub(out, args.push_to_hub, message="red-rlhf: Bradley-Terry reward model")
-    print(f"held-out pairwise accuracy: {result['accuracy_before']:.3f} before, {result['accuracy_after']:.3f} after "
-          f"({len(held_out)} pairs); model saved to {out}")
+    if held_out:
+        print(f"held-out pairwise accuracy: {result['accuracy_before']:.3f} before, {result['accuracy_after']:.3f} "
+              f"after ({len(held_out)} pairs); model saved to {out}")
+    else:
+        print(f"no held-out pairs (--held-out-fraction {args.held_out_fraction} of {len(pairs)} pairs), so no accuracy "
+              f"was measured; model saved to {out}")
 
 
 def cmd_prepare_data(args: argparse.Namespace) -> None:
@@ -161,17 +179,45 @@ def cmd_tiny_rm(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
     from red_rlhf.config import load_config
-    from red_rlhf.training.trainer import Trainer
+    from red_rlhf.training import checkpoint
+    from red_rlhf.training.resume import preflight
 
     cfg = load_config(args.config, overrides)
+    preflight(cfg, args.resume)  # output directory, resume settings, model paths: before any model loads
     try:
+        from red_rlhf.training.trainer import Trainer
+
         Trainer(cfg).train(resume=args.resume)
     except KeyboardInterrupt:
-        print(f"stopped; resume with: red-rlhf train --config {args.config} --resume " + " ".join(overrides))
+        again = " ".join(["red-rlhf train"] + (["--config", args.config] if args.config else []) + overrides)
+        if checkpoint.latest(Path(cfg.train.output_dir).expanduser(), must_exist=False) is None:
+            print(f"stopped before the first checkpoint; start again with: {again}")
+        else:
+            print(f"stopped; resume with: {again} --resume")
         raise SystemExit(130) from None
+    except RuntimeError as err:  # torch.save's own words for a full disk: name what was being written
+        if "unexpected pos" in str(err) or "PytorchStreamWriter" in str(err) or "file write failed" in str(err):
+            raise UserError(f"writing a checkpoint to {cfg.train.output_dir} failed ({str(err).splitlines()[0]}): is "
+                            "the disk full? The last complete checkpoint is kept; free space and --resume") from None
+        raise
     if os.environ.get("RANK", "0") == "0":  # one line, not one per data-parallel process
         print(f"done: metrics in {cfg.train.output_dir}/metrics.jsonl, policy in {cfg.train.output_dir}/policy; "
               f"curves: red-rlhf plot {cfg.train.output_dir}")
+
+
+def _output_dir(option: str, path: str) -> Path:
+    """A directory the command can write into, checked (created) before anything slow runs."""
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{option} {path} is a file, not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"  # one per process: ranks probe at once
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"{option} {path} is not writable: {err.strerror or err}") from None
+    return out
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
@@ -280,9 +326,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_third_party(verbose: bool) -> None:
+    """Keep libraries' deprecation notices (FutureWarning, DeprecationWarning) and transformers' advisory log
+    lines out of the user's output; -v shows them."""
+    if verbose:
+        return
+    import warnings
+
+    for category in (DeprecationWarning, FutureWarning, PendingDeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is first imported
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+
+
+def _check_text_arguments(argv: list[str]) -> None:
+    """A command-line argument that is not UTF-8 arrives with surrogate escapes: say which one, not a traceback."""
+    for number, arg in enumerate(argv, start=1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise UserError(f"argument {number} ({shown}) is not valid UTF-8 text: re-encode it as UTF-8") from None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        _check_text_arguments(argv)
+    except UserError as err:
+        print(f"red-rlhf: error: {err}", file=sys.stderr)
+        return 2
     args, extra = build_parser().parse_known_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    quiet_third_party(args.verbose)
     try:
         if getattr(args, "takes_overrides", False):
             args.func(args, extra)
@@ -292,6 +371,10 @@ def main(argv: list[str] | None = None) -> int:
             args.func(args)
     except (UserError, ValueError, FileNotFoundError) as err:
         print(f"red-rlhf {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full disk, a read-only place: one line naming the file
+        where = f" {err.filename}" if err.filename else ""
+        print(f"red-rlhf {args.command}: error:{where}: {err.strerror or err}", file=sys.stderr)
         return 2
     return 0
 

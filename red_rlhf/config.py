@@ -7,6 +7,7 @@ derived sizes are computed in `Config.derived` and nowhere else.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -269,9 +270,33 @@ def _positive(name: str, value, allow_zero: bool = False) -> None:
         raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
+def _check_finite(name: str, obj) -> None:
+    """Every float field of a config dataclass (nested ones and lists of them too) is a finite number."""
+    for f in dataclasses.fields(obj):
+        value, where = getattr(obj, f.name), f"{name}.{f.name}" if name else f.name
+        if dataclasses.is_dataclass(value):
+            _check_finite(where, value)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if dataclasses.is_dataclass(item):
+                    _check_finite(f"{where}[{i}]", item)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where} must be a finite number, got {value}")
+
+
+def _at_most(name: str, value, limit) -> None:
+    if value > limit:
+        raise ConfigError(f"{name} must be <= {limit}, got {value}")
+
+
 def validate(cfg: Config) -> Config:
     """Check the whole config; raise ConfigError naming the first field that cannot work."""
+    _check_finite("", cfg)
     r, ro, a, k, t = cfg.reward, cfg.rollout, cfg.algo, cfg.kl, cfg.train
+    if not t.output_dir.strip():
+        raise ConfigError("train.output_dir is empty: name the directory for checkpoints and metrics")
+    if not cfg.data.prompts.strip():
+        raise ConfigError("data.prompts is empty: name a prompt file (.txt or .jsonl) or 'toy'")
     if not r.sources:
         raise ConfigError("no reward: set reward.model (an HF reward model), reward.function (module:function) or "
                           "reward.sources")
@@ -284,6 +309,8 @@ def validate(cfg: Config) -> Config:
     _positive("reward.score_scale", r.score_scale)
     if r.score_clip is not None:
         _positive("reward.score_clip", r.score_clip)
+    if r.missing_eos_penalty is not None:
+        _positive("reward.missing_eos_penalty", r.missing_eos_penalty, allow_zero=True)
     for name in ("batch_size", "samples_per_prompt", "max_new_tokens", "max_prompt_tokens"):
         _positive(f"rollout.{name}", getattr(ro, name))
     _positive("rollout.temperature", ro.temperature)
@@ -299,6 +326,11 @@ def validate(cfg: Config) -> Config:
     _choice("algo.critic_init", a.critic_init, ("reward", "reward-trunk", "policy"))
     for name in ("epochs", "mini_batch_size", "grad_accum", "policy_lr", "critic_lr", "clip_range", "max_grad_norm"):
         _positive(f"algo.{name}", getattr(a, name))
+    _positive("algo.entropy_coef", a.entropy_coef, allow_zero=True)
+    for name in ("value_clip_range", "target_kl"):
+        if getattr(a, name) is not None:
+            _positive(f"algo.{name}", getattr(a, name))
+    _at_most("algo.clip_range", a.clip_range, 1.0)  # a ratio bound: 1 + clip_range, 1 - clip_range >= 0
     if not 0 <= a.gamma <= 1 or not 0 <= a.lam <= 1:
         raise ConfigError(f"algo.gamma and algo.lam must be in [0, 1], got {a.gamma} and {a.lam}")
     if cfg.rollouts_per_step % a.mini_batch_size:
@@ -320,6 +352,9 @@ def validate(cfg: Config) -> Config:
     _positive("train.eval_every", t.eval_every, allow_zero=True)
     _positive("train.keep_checkpoints", t.keep_checkpoints)
     _positive("data.eval_size", cfg.data.eval_size, allow_zero=True)
+    _positive("policy.lora_r", cfg.policy.lora_r, allow_zero=True)
+    if cfg.policy.lora_r:
+        _positive("policy.lora_alpha", cfg.policy.lora_alpha)
     _validate_data(cfg)
     if t.push_to_hub is not None and t.push_to_hub.count("/") != 1:
         raise ConfigError(f"train.push_to_hub must be a hub repo id 'user/name', got {t.push_to_hub!r}")
@@ -374,6 +409,8 @@ def _validate_sources(cfg: Config) -> None:
         _choice(f"{where}.format", s.format, ("auto", "chat", "concat", "pair"))
         _choice(f"{where}.kind", s.kind, ("reward", "cost"))
         _positive(f"{where}.weight", s.weight, allow_zero=True)
+        if s.limit is not None and s.kind != "cost":
+            raise ConfigError(f"{where}.limit applies to sources of kind 'cost'; {s.name!r} is a {s.kind!r}")
         if s.scheme == "abc" and s.function is not None:
             raise ConfigError(f"{where}.scheme 'abc' needs a reward model's attention; a function ({s.name}) has none")
     if len(set(names)) != len(names):

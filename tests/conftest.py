@@ -45,3 +45,37 @@ def bert_rm(bert_tok):
 def policy_tok():
     """A policy tokenizer with other merges than the reward models' (smaller vocabulary)."""
     return tiny_tokenizer("gpt2", vocab_size=290)
+
+
+@pytest.fixture
+def drawn_figures(monkeypatch):
+    """Every matplotlib figure closed during the test, kept for inspection (its axes, lines and their data)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures, close = [], plt.close
+
+    def keep_and_close(fig=None):
+        if fig is not None and not isinstance(fig, (str, int)):
+            figures.append(fig)
+        return close(fig)
+
+    monkeypatch.setattr(plt, "close", keep_and_close)
+    return figures
+
+
+@pytest.fixture
+def finished_bars(monkeypatch):
+    """(description, completed, total) of every rich progress task when its bar stops: what the user last saw."""
+    from rich.progress import Progress
+
+    seen, stop = [], Progress.stop
+
+    def recording_stop(self):
+        seen.extend((task.description, task.completed, task.total) for task in self.tasks)
+        return stop(self)
+
+    monkeypatch.setattr(Progress, "stop", recording_stop)
+    return seen

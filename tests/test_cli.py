@@ -72,7 +72,7 @@ def test_score_single_pair_with_other_scheme(tiny_rm, capsys):
     "args, message",
     [
         (["--reward-model", "./no/such/model", "--prompt", "a", "--response", " b"], "path ./no/such/model does not exist"),
-        (["--prompt", "a", "--response", "  "], "response 1 is empty"),
+        (["--prompt", "a", "--response", ""], "response 1 is empty"),  # whitespace is scored (test_cli_errors)
         (["--input", "missing.jsonl"], "input file missing.jsonl does not exist"),
         (["--prompt", "a"], "give --prompt and --response"),
     ],
@@ -93,6 +93,29 @@ def test_unreadable_input_lines(tiny_rm, tmp_path, capsys):
     bad.write_text('{"prompt": "a"}\n')
     assert main(["score", "--reward-model", str(tiny_rm), "--input", str(bad)]) == 2
     assert 'line 1: each line needs string field(s) "prompt", "response"' in capsys.readouterr().err
+
+
+def test_demo_arguments_become_its_settings(monkeypatch, capsys):
+    """`red-rlhf demo` flags reach DemoSettings: counts as numbers, 'all' as None, the rest at their defaults."""
+    import red_rlhf.demo
+    from red_rlhf.demo import DemoSettings
+
+    ran = []
+    monkeypatch.setattr(red_rlhf.demo, "run_demo", ran.append)
+    assert main(["demo", "--rm-pairs", "all", "--rm-keep-layers", "2", "--rm-trainable-layers", "0", "--steps", "3",
+                 "--rm-final-only", "--reward-scheme", "abc", "--rl-seed", "5"]) == 0
+    changed = dict(rm_pairs=None, rm_keep_layers=2, rm_trainable_layers=0, steps=3, rm_all_positions=False,
+                   reward_scheme="abc", rl_seed=5)
+    assert ran == [DemoSettings(**changed)]
+    assert main(["demo"]) == 0
+    assert ran[-1] == DemoSettings()  # no flags: every default
+    for flag, value, message in [("--rm-pairs", "-1", "expected a number >= 0 or 'all', got '-1'"),
+                                 ("--rm-keep-layers", "two", "expected a whole number or 'all', got 'two'")]:
+        with pytest.raises(SystemExit):
+            main(["demo", flag, value])
+        err = capsys.readouterr().err
+        assert flag in err and message in err
+    assert len(ran) == 2  # the bad ones never ran
 
 
 def test_score_does_not_import_training_or_the_demo_pipeline():

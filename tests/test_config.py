@@ -59,6 +59,70 @@ def test_missing_and_broken_files(tmp_path):
         load_config(str(bad))
 
 
+def _float_fields(cls, prefix=""):
+    """Every float setting of the config, as "section.key" (Optional[float] ones included)."""
+    import dataclasses
+    import typing
+
+    out = []
+    for name, hint in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(hint):
+            out += _float_fields(hint, f"{name}.")
+        elif hint is float or float in typing.get_args(hint):
+            out.append(prefix + name)
+    return out
+
+
+def test_every_float_setting_is_checked_for_finiteness():
+    from red_rlhf.config import Config
+
+    fields = _float_fields(Config)
+    assert len(fields) >= 20 and "reward.score_scale" in fields and "kl.coef" in fields
+    for name in fields:
+        for bad in ("nan", "inf", "-inf"):
+            with pytest.raises(ConfigError) as err:
+                load_config(None, TOY + [f"--{name}={bad}"])
+            assert f"{name} must be a finite number" in str(err.value), (name, bad)
+
+
+def test_non_finite_source_settings_name_the_source(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("reward:\n  sources:\n    - {name: good, function: red_rlhf.data.toy:target_fraction}\n"
+                    "    - {name: cost, function: red_rlhf.data.toy:target_fraction, kind: cost, weight: .inf}\n"
+                    "algo:\n  critic_init: policy\n")
+    with pytest.raises(ConfigError, match=r"reward.sources\[1\].weight must be a finite number, got inf"):
+        load_config(str(path))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["--train.output_dir="], "train.output_dir is empty"),
+        (["--train.output_dir=  "], "train.output_dir is empty"),
+        (["--data.prompts="], "data.prompts is empty"),
+        (["--algo.entropy_coef=-0.1"], "algo.entropy_coef must be >= 0"),
+        (["--algo.target_kl=0"], "algo.target_kl must be > 0"),
+        (["--algo.value_clip_range=-1"], "algo.value_clip_range must be > 0"),
+        (["--algo.clip_range=3"], "algo.clip_range must be <= 1.0"),
+        (["--reward.missing_eos_penalty=-1"], "reward.missing_eos_penalty must be >= 0"),
+        (["--kl.coef=-0.1"], "kl.coef must be >= 0"),
+        (["--policy.lora_r=-2"], "policy.lora_r must be >= 0"),
+    ],
+)
+def test_range_errors_name_the_field(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, TOY + overrides)
+    assert message in str(err.value)
+
+
+def test_a_limit_on_a_reward_source_is_an_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("reward:\n  sources:\n    - {name: good, function: red_rlhf.data.toy:target_fraction, limit: 0.5}\n"
+                    "algo:\n  critic_init: policy\n")
+    with pytest.raises(ConfigError, match=r"reward.sources\[0\].limit applies to sources of kind 'cost'; 'good'"):
+        load_config(str(path))
+
+
 def test_shipped_configs_load_by_name_outside_a_clone(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no configs/ folder here: the names resolve to the configs inside the package
     from red_rlhf.config import shipped_configs

@@ -76,7 +76,7 @@ def test_errors_name_the_column_the_row_and_the_split(tmp_path, monkeypatch):
         read_prompts(str(path))
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "a.xlsx").write_text("x")
-    with pytest.raises(ConfigError, match=r"data.prompts: .*notes \(split 'train'\) cannot be loaded: "):
+    with pytest.raises(ConfigError, match=r"data.prompts: .*notes is a directory with no data files"):
         read_prompts(str(tmp_path / "notes"))  # a directory of no data files
     monkeypatch.setattr(datasets, "load_dataset", lambda name, split: table(prompt=PROMPTS).select([]))
     with pytest.raises(ConfigError, match=r"data.eval_prompts: someone/prompts: split 'test' holds no rows"):
@@ -111,13 +111,18 @@ def test_messages_are_rendered_through_the_chat_template_exactly(tmp_path):
 
 
 def test_every_prompt_length_is_checked_before_training(tmp_path):
+    from red_rlhf.training.prompt_check import check_prompts
+
     tok = tiny_tokenizer("gpt2")
     path = tmp_path / "p.parquet"
-    table(prompt=["short", "short too", "the movie was " * 20]).to_parquet(str(path))
-    cfg = DataConfig(prompts=str(path), eval_size=1)
-    with pytest.raises(ConfigError, match=r"data.eval_prompts: prompt 0 .* more than rollout.max_prompt_tokens=8"):
-        train_eval_prompts(cfg, tok, max_prompt_tokens=8)
-    assert train_eval_prompts(cfg, tok, max_prompt_tokens=200)[1] == ["the movie was " * 20]
+    table(text=["short", "short too", "the movie was " * 20]).to_parquet(str(path))
+    cfg = load_config("configs/toy.yaml", [f"--data.prompts={path}", "--data.prompt_column=text",
+                                           "--rollout.max_prompt_tokens=8"])
+    with pytest.raises(ConfigError, match=r"data.prompts: .*p.parquet: row 2: the prompt has \d+ tokens, more than "
+                                          r"rollout.max_prompt_tokens=8"):
+        check_prompts(cfg, tok)
+    cfg.rollout.max_prompt_tokens = 200
+    check_prompts(cfg, tok)
 
 
 def test_config_example_reads_the_shipped_parquet_and_validation():

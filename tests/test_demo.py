@@ -1,21 +1,26 @@
 """The demo pipeline end to end in a reduced mode: tiny models, a fixture of the real data format, two steps."""
 
+import base64
 from html.parser import HTMLParser
 
 from red_rlhf.demo import DemoSettings, judge, run_demo
-from tests.test_sentiment_data import fake_sdist, fixture_snippets
+from red_rlhf.report.plots import read_metrics
+from tests.helpers import check_curves, fake_sdist, fixture_snippets, png_pixels
+
+PNG_DATA = "data:image/png;base64,"
 
 
 class Sections(HTMLParser):
     def __init__(self):
         super().__init__()
-        self.ids, self.images, self.tokens = set(), 0, 0
+        self.ids, self.images, self.tokens = set(), [], 0
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
         if "id" in attrs:
             self.ids.add(attrs["id"])
-        self.images += tag == "img" and attrs.get("src", "").startswith("data:image/png;base64,")
+        if tag == "img" and attrs.get("src", "").startswith(PNG_DATA):
+            self.images.append(base64.b64decode(attrs["src"][len(PNG_DATA):]))  # the embedded PNG's bytes
         self.tokens += tag == "span" and attrs.get("class") == "tok"
 
 
@@ -33,13 +38,19 @@ def reduced(tmp_path, **changes) -> DemoSettings:
     return DemoSettings(**{**settings, **changes})
 
 
-def test_reduced_demo_produces_every_report_section(tmp_path):
+def test_reduced_demo_produces_every_report_section(tmp_path, drawn_figures, finished_bars):
     settings = reduced(tmp_path)
     report = run_demo(settings)
     page = Sections()
     page.feed(report.read_text())
     assert {"summary", "curves", "samples", "heatmaps"} <= page.ids
-    assert page.images == 1 and page.tokens > 0
+    assert len(page.images) == 1 and page.tokens > 0
+    # the embedded image is the run's training curves, drawn from its metrics.jsonl
+    [metrics] = (tmp_path / "demo").rglob("metrics.jsonl")
+    check_curves(page.images[0], drawn_figures[-1], read_metrics(metrics.parent), size=(1300, 650))
+    # the reward model's and the training steps' progress bars end full
+    bars = [(name, done, total) for name, done, total in finished_bars if name != "phase"]
+    assert any(name.startswith("reward model") for name, _, _ in bars) and all(d == t for _, d, t in bars), bars
     assert (tmp_path / "demo" / "summary.json").is_file()
     [rm] = (tmp_path / "cache").glob("rm-tiny-pairs64-*")
     assert (rm / "rm_metrics.json").is_file()
@@ -61,6 +72,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
     import shutil
     import subprocess
 
+    import numpy as np
     import pytest
 
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -72,8 +84,11 @@ def test_report_renders_in_headless_chromium(tmp_path):
     dom = subprocess.run(base + ["--dump-dom", report.resolve().as_uri()], capture_output=True, text=True, timeout=120)
     page = Sections()
     page.feed(dom.stdout)
-    assert {"summary", "curves", "samples", "heatmaps"} <= page.ids and page.images == 1 and page.tokens > 0
+    assert {"summary", "curves", "samples", "heatmaps"} <= page.ids and len(page.images) == 1 and page.tokens > 0
     shot = tmp_path / "report.png"
     subprocess.run(base + [f"--screenshot={shot}", "--window-size=1280,2000", report.resolve().as_uri()],
                    capture_output=True, timeout=120)
-    assert shot.is_file() and shot.stat().st_size > 20_000  # a rendered page, not a blank one
+    pixels = png_pixels(shot)
+    assert pixels.shape[:2] == (2000, 1280)  # the window it was rendered in
+    # a rendered page, not a blank one: text, curves and heatmap give it many colours (a blank page has one)
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50

@@ -49,22 +49,19 @@ def test_tiny_reward_model_learns_a_planted_preference(all_positions):
 
 @pytest.mark.parametrize("all_positions", [False, True])
 def test_score_head_alone_learns_a_planted_preference_and_folds_into_the_model(all_positions):
-    from red_rlhf.training.reward_model import pairwise_accuracy, score_head_ticks, train_score_head
+    from red_rlhf.training.reward_model import pairwise_accuracy, train_score_head
 
     tok = tiny_tokenizer("gpt2")
     model = tiny_reward_model("llama", len(tok), pad_token_id=tok.pad_token_id, seed=3, width=64)
     trunk_before = {k: v.clone() for k, v in model.base_model.state_dict().items()}
     pairs = planted_pairs()
     train, held_out = pairs[:160], pairs[160:]
-    ticks = []
-    result = train_score_head(model, tok, train, held_out, all_positions=all_positions, on_step=lambda: ticks.append(1))
+    result = train_score_head(model, tok, train, held_out, all_positions=all_positions)
     assert result["accuracy_after"] >= 0.9, result
     assert result["accuracy_after"] > result["accuracy_before"] + 0.2, result
     # the folded head scores the model's own pass exactly as the fitted features did; the trunk is untouched
     assert pairwise_accuracy(model, tok, held_out, max_length=64) == pytest.approx(result["accuracy_after"])
     assert all(torch.equal(v, model.base_model.state_dict()[k]) for k, v in trunk_before.items())
-    assert len(ticks) == 400 + 5 + 2  # fitting iterations + feature batches (32 pairs each) of 160 and 56 pairs
-    assert score_head_ticks(160, 56, 400) == len(ticks)  # what the progress bars are sized by
 
 
 def test_keep_first_layers_cuts_the_trunk_and_saves_as_an_hf_model(tmp_path):
@@ -101,7 +98,7 @@ def test_read_pairs_errors(tmp_path):
         read_pairs(tmp_path / "none.jsonl")
 
 
-def test_train_rm_cli_saves_a_model_red_can_score_with(tmp_path, capsys):
+def test_train_rm_cli_saves_a_model_red_can_score_with(tmp_path, capsys, finished_bars):
     from red_rlhf import HFRewardModel, TokenRewardScorer
     from red_rlhf.cli import main
 
@@ -110,22 +107,23 @@ def test_train_rm_cli_saves_a_model_red_can_score_with(tmp_path, capsys):
     out = tmp_path / "rm"
     assert main(["train-rm", "--data", str(data), "--output-dir", str(out), "--epochs", "3", "--lr", "3e-3",
                  "--batch-size", "16", "--held-out-fraction", "0.2"]) == 0
+    [(_, done, total)] = finished_bars  # the progress bar ends full: one tick per optimiser step, 3 epochs x 11 batches
+    assert done == total == 3 * 11
     metrics = json.loads((out / "rm_metrics.json").read_text())
     assert metrics["accuracy_after"] >= 0.9 and metrics["held_out_pairs"] == 43
     assert "held-out pairwise accuracy" in capsys.readouterr().out
     [row] = TokenRewardScorer(HFRewardModel.from_pretrained(str(out))).score(["Review: "], ["The movie was great."])
     assert sum(row.rewards) == pytest.approx(row.final_score - row.prompt_score, abs=1e-5)
     assert main(["train-rm", "--data", str(tmp_path / "none.jsonl"), "--output-dir", str(out)]) == 2
-    # bad sizes name the flag: more blocks than the model has; a negative count for the demo
+    # a bad size names the flag: more blocks than the model has
     assert main(["train-rm", "--data", str(data), "--output-dir", str(out), "--keep-layers", "9", "--head-only"]) == 2
     assert "--keep-layers: keep_first_layers: the model has 2 blocks, cannot keep 9" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["demo", "--rm-pairs", "-1"])
-    assert "expected a number >= 0 or 'all', got '-1'" in capsys.readouterr().err
     head = tmp_path / "head"
     assert main(["train-rm", "--data", str(data), "--output-dir", str(head), "--head-only", "--keep-layers", "1",
                  "--held-out-fraction", "0.2"]) == 0
     assert json.loads((head / "rm_metrics.json").read_text())["accuracy_after"] >= 0.9
+    (_, done, total) = finished_bars[-1]  # features, then the head's iterations: the bar ends full, not short or over
+    assert done == total > 400
 
 
 def test_train_only_last_layers_freezes_the_rest():
@@ -152,3 +150,18 @@ def test_load_backbone_puts_a_score_head_on_a_saved_decoder(tmp_path):
     model, loaded_tok = load_backbone(str(tmp_path / "lm"))
     assert detect_mode(model) == "causal" and model.config.num_labels == 1
     assert loaded_tok.pad_token_id == loaded_tok.eos_token_id == model.config.pad_token_id
+
+
+def test_a_trained_reward_model_is_scored_the_way_it_was_trained(tmp_path):
+    """train-rm trains on plain concatenations; its saved config says so, and HFRewardModel's format 'auto' reads
+    it even when the tokenizer has a chat template (which it would otherwise pick)."""
+    from red_rlhf import HFRewardModel
+    from red_rlhf.training.reward_model import save_reward_model
+
+    tok = tiny_tokenizer("gpt2", chat=True)
+    model = tiny_reward_model("gpt2", len(tok), pad_token_id=tok.pad_token_id, seed=3)
+    assert HFRewardModel(model, tok).format == "chat"  # nothing recorded: the template is the default
+    out = save_reward_model(model, tok, tmp_path / "rm", {"accuracy_after": 0.5})
+    loaded = HFRewardModel.from_pretrained(str(out))
+    assert loaded.format == "concat" and loaded.reads_policy_tokens(tok)
+    assert HFRewardModel.from_pretrained(str(out), format="chat").format == "chat"  # an explicit choice wins

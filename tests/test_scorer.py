@@ -8,15 +8,10 @@ import torch
 from red_rlhf import FunctionReward, HFRewardModel, TokenRewardScorer
 from red_rlhf.models.prefix import naive_prefix_scores
 from red_rlhf.models.tiny import tiny_reward_model, tiny_tokenizer
+from tests.helpers import model_score
 
 PROMPTS = ["Review:", "Hello world, how are you today?", "Please explain"]
 RESPONSES = [" The movie was good and the acting was great.", " I am fine, thank you.", " how a transformer reads"]
-
-
-def model_score(model, tok, text, **kwargs):
-    """The reward model's own score of one text: HF's forward on the unpadded sequence."""
-    enc = tok(text, return_tensors="pt", **kwargs)
-    return naive_prefix_scores(model, enc.input_ids, enc.attention_mask, **{k: v for k, v in enc.items() if k == "token_type_ids"}, suffix_len=1 if "token_type_ids" in enc else 0)[0, -1].item()
 
 
 def assert_telescopes(rows):
@@ -30,11 +25,14 @@ def test_same_tokenizer_scores_are_the_models_prefix_scores(gpt2_tok, gpt2_rm):
     assert_telescopes(rows)
     for row in rows:
         assert "".join(row.tokens) == row.response
-        ids = gpt2_tok(row.prompt, return_tensors="pt").input_ids
+        # the rewards sit on the reward model's own tokens of the response, one prefix score each
+        assert row.token_ids == gpt2_tok(row.response, add_special_tokens=False).input_ids
         assert row.prompt_score == pytest.approx(model_score(gpt2_rm, gpt2_tok, row.prompt), abs=1e-5)
         for (_, end), score in zip(row.offsets, row.prefix_scores):
             assert score == pytest.approx(model_score(gpt2_rm, gpt2_tok, row.prompt + row.response[:end]), abs=1e-5)
-        assert ids.shape[1] > 0
+        assert row.rewards[0] == pytest.approx(row.prefix_scores[0] - row.prompt_score, abs=1e-5)
+        assert all(r == pytest.approx(b - a, abs=1e-5)
+                   for r, a, b in zip(row.rewards[1:], row.prefix_scores, row.prefix_scores[1:]))
 
 
 def test_different_tokenizers_align_by_characters(llama_tok, llama_rm, policy_tok):
@@ -183,3 +181,13 @@ def test_sparse_and_abc_through_the_scorer(gpt2_tok, policy_tok):
         sign = 1 if a_row.final_score > 0 else -1
         assert all(sign * r >= 0 for r in a_row.rewards)
         assert sum(1 for r in a_row.rewards if r != 0) > 1  # spread over several tokens
+
+
+def test_multi_byte_characters_are_shown_once(gpt2_tok, gpt2_rm):
+    """A character split over byte-level tokens is shown on the token that completes it, never repeated; each row
+    still has one reward per token and the rewards still telescope."""
+    [row] = TokenRewardScorer(HFRewardModel(gpt2_rm, gpt2_tok)).score(["Party:"], [" 🎉"])
+    assert len(row.tokens) > 2  # the emoji is several byte-level tokens
+    assert "".join(row.tokens) == " 🎉" and row.tokens.count("🎉") == 1
+    assert all(t in ("", " ", "🎉") for t in row.tokens) and len(row.rewards) == len(row.tokens)
+    assert sum(row.rewards) == pytest.approx(row.final_score - row.prompt_score, abs=1e-5)

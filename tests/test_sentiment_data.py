@@ -1,40 +1,12 @@
 """Data preparation of the embedded task, on a small fixture in the format of the real vaderSentiment sdist."""
 
-import io
 import json
-import random
 import tarfile
 
 import pytest
 
 from red_rlhf.data.sentiment import parse_snippets, prepare, split_snippets
-
-WORDS = "the film was a truly great bad dull warm clever story with plot and music in every scene".split()
-
-
-def fixture_snippets(n=400, seed=0):
-    rng = random.Random(seed)
-    lines = []
-    for i in range(1, n + 1):
-        text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 14)))
-        lines.append(f"{i}\t{rng.uniform(-4, 4):.6f}\t{text} ''quoted''.")
-    return "\r\n".join(lines) + "\r\n"  # the real file has CRLF line ends
-
-
-def add_bytes(tar, name, data: bytes):
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
-def fake_sdist(path, snippets_text):
-    inner = io.BytesIO()
-    with tarfile.open(fileobj=inner, mode="w:gz") as t:
-        add_bytes(t, "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt", snippets_text.encode())
-    with tarfile.open(path, "w:gz") as t:
-        add_bytes(t, "vaderSentiment-3.3.2/LICENSE.txt", b"The MIT License (MIT)\n")
-        add_bytes(t, "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz", inner.getvalue())
-    return path
+from tests.helpers import add_bytes, fake_sdist, fixture_snippets
 
 
 def test_parse_pairs_and_no_leakage():

@@ -9,6 +9,7 @@ from red_rlhf.core.reward_assembly import SourceScores, assemble_rewards
 from red_rlhf.models.sources import SourceError
 from red_rlhf.training.controllers import LagrangeMultiplier
 from red_rlhf.training.trainer import Trainer
+from tests.helpers import check_curves
 
 
 def cost_run(tmp_path, *overrides, name="run", cost_weight=None):
@@ -52,7 +53,7 @@ def test_multiplier_rises_over_the_limit_and_falls_not_below_zero():
         LagrangeMultiplier(init=-1.0, lr=0.1, limit=0.0)
 
 
-def test_lagrangian_drives_a_planted_cost_under_its_limit(tmp_path):
+def test_lagrangian_drives_a_planted_cost_under_its_limit(tmp_path, drawn_figures):
     constrained = Trainer(cost_run(tmp_path, "--train.steps=16", name="lagrangian")).train()
     free = Trainer(cost_run(tmp_path, "--train.steps=16", "--lagrangian.enabled=false", name="free", cost_weight=0.0)).train()
     cost = lambda history: sum(m["score_great"] for m in history[-3:]) / 3  # noqa: E731
@@ -62,9 +63,11 @@ def test_lagrangian_drives_a_planted_cost_under_its_limit(tmp_path):
     assert cost(free) > 0.5, [round(m["score_great"], 2) for m in free]  # without the constraint it stays
     assert all(m["lambda_great"] >= 0 and 0 <= m["over_limit_great"] <= 1 for m in constrained)
     assert "lambda_great" not in free[-1] and "score_praise" in free[-1]
-    from red_rlhf.report.plots import plot_run
+    from red_rlhf.report.plots import plot_run, read_metrics
 
-    assert plot_run(tmp_path / "lagrangian").stat().st_size > 20_000  # with the sources' row of panels
+    # the curves get a third row: each source's score, the cost's share over its limit, the multiplier
+    png = plot_run(tmp_path / "lagrangian")
+    check_curves(png, drawn_figures[-1], read_metrics(tmp_path / "lagrangian"), size=(1300, 950))
 
 
 def test_checkpoint_and_resume_keep_the_multiplier(tmp_path):
@@ -78,16 +81,12 @@ def test_checkpoint_and_resume_keep_the_multiplier(tmp_path):
     assert again.lambdas["great"].value == saved and again.step == 3
 
 
-def broken(text: str) -> float:
-    raise KeyError("no such word")
-
-
 def test_source_errors_name_the_source(tmp_path):
     cfg = cost_run(tmp_path, "--train.steps=1")
-    cfg.reward.sources[1].function, cfg.reward.sources[1].takes_prompt = "tests.test_sources:broken", False
+    cfg.reward.sources[1].function, cfg.reward.sources[1].takes_prompt = "tests.nan_reward:broken", False
     with pytest.raises(SourceError, match="reward source 'great' failed: 'no such word'"):
         Trainer(validate(cfg)).train()
-    cfg.reward.sources[1].function = "tests.test_sources:missing"
+    cfg.reward.sources[1].function = "tests.nan_reward:missing"
     with pytest.raises(ConfigError, match=r"reward.sources\[1\].function: cannot import"):
         Trainer(validate(cfg))
     cfg.reward.sources[1].function, cfg.reward.sources[1].model = None, str(tmp_path / "no-model")
@@ -108,13 +107,14 @@ def zero_weights_unconstrained(cfg):
     (lambda c: setattr(c.reward.sources[1], "limit", None), "lagrangian.enabled needs a reward source of kind 'cost'"),
     (lambda c: setattr(c.reward.sources[0], "kind", "cost"), "at least one source must be of kind 'reward'"),
     (lambda c: setattr(c.reward.sources[1], "scheme", "abc"), r"reward.sources\[1\].scheme 'abc' needs a reward model"),
-    (lambda c: setattr(c.reward, "function", "red_rlhf.data.toy:target_fraction"), "reward.sources replaces reward.model"),
+    (lambda c: setattr(c.reward, "function", "red_rlhf.data.toy:target_fraction"),
+     r"reward.function is the one-source short form; with 2 reward.sources set reward.sources\[i\].function"),
     (lambda c: setattr(c.reward.sources[1], "weight", -1.0), r"reward.sources\[1\].weight must be >= 0"),
 ])
 def test_source_config_errors(tmp_path, change, message):
     cfg = cost_run(tmp_path)
-    change(cfg)
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message):  # a short-form setter refuses at once, the rest in validate
+        change(cfg)
         validate(cfg)
 
 

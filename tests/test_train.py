@@ -9,7 +9,9 @@ import torch
 
 from red_rlhf.training import checkpoint
 from red_rlhf.config import ConfigError, load_config
+from red_rlhf.core.advantages import kl_per_token
 from red_rlhf.training.trainer import Trainer
+from tests.helpers import check_curves, model_score, real
 
 
 def toy(tmp_path, *overrides, name="run"):
@@ -119,9 +121,10 @@ def test_bad_inputs_fail_clearly_and_save_nothing(tmp_path):
         Trainer(toy(tmp_path, f"--data.prompts={empty}"))
     long = tmp_path / "long.txt"
     long.write_text("the movie was " * 30 + "\nthe plot\n")
-    with pytest.raises(ConfigError, match=r"data.prompts: prompt 0 .* more than rollout.max_prompt_tokens=16"):
+    with pytest.raises(ConfigError, match=rf"data.prompts: {long}: line 1: the prompt has \d+ tokens, more than "
+                                          "rollout.max_prompt_tokens=16"):  # found before training starts
         Trainer(toy(tmp_path, f"--data.prompts={long}", "--rollout.batch_size=2", "--algo.mini_batch_size=2",
-                    "--rollout.max_prompt_tokens=16", name="long"))  # checked for every prompt before training
+                    "--rollout.max_prompt_tokens=16", name="long"))
     with pytest.raises(ConfigError, match="exceeds the policy's context of 128 tokens"):
         Trainer(toy(tmp_path, "--rollout.max_prompt_tokens=120", "--rollout.max_new_tokens=20"))
     trainer = Trainer(toy(tmp_path, "--reward.function=tests.nan_reward:reward", "--reward.takes_prompt=false",
@@ -148,15 +151,99 @@ def test_lora_reference_is_the_base_with_adapters_off(tmp_path):
     assert not torch.allclose(ro.logprobs, ro.ref_logprobs)
 
 
-def test_hf_reward_model_with_another_tokenizer_and_abc(tmp_path):
+def record_rewards(trainer: Trainer) -> list[tuple]:
+    """Keep what phase 3 gives the estimator each step: (rollout, prefix scores, assembled rewards)."""
+    seen, assemble = [], trainer.assemble
+
+    def recording(ro, scores, kl):
+        out = assemble(ro, scores, kl)
+        seen.append((ro, scores, out))
+        return out
+
+    trainer.assemble = recording
+    return seen
+
+
+def hf_run(tmp_path, rm, scheme):
+    cfg = toy(tmp_path, f"--reward.model={rm}", "--reward.function=null", f"--reward.scheme={scheme}",
+              "--train.steps=2", "--rollout.batch_size=8", "--algo.mini_batch_size=4", name=f"hf-{scheme}")
+    trainer = Trainer(cfg)
+    seen = record_rewards(trainer)
+    policy0 = params(trainer.policy)
+    history = trainer.train()
+    assert [m["step"] for m in history] == [1, 2] and len(seen) == 2 and changed(policy0, trainer.policy)
+    return trainer, seen, history
+
+
+def own_scores(trainer, model, ro):
+    """Each row's R(x) and R(x, y) by the reward model itself, on texts decoded here (not by the trainer's path)."""
+    tok = trainer.tokenizer
+    prompt_scores, final_scores = [], []
+    for i, prompt in enumerate(ro.prompts):
+        p_ids, r_ids = real(ro.prompt_ids[i], ro.prompt_mask[i]), real(ro.response_ids[i], ro.response_mask[i])
+        assert tok.decode(p_ids) == prompt
+        full = tok.decode(p_ids + r_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        prompt_scores.append(model_score(model.model, model.tokenizer, prompt))
+        final_scores.append(model_score(model.model, model.tokenizer, full))
+    return torch.tensor(prompt_scores), torch.tensor(final_scores)
+
+
+def test_hf_reward_model_with_another_tokenizer_red_rewards_are_the_scorers(tmp_path):
+    """RED with a reward model of another tokenizer: the token rewards the trainer used telescope to the reward
+    model's own R(x, y) - R(x) of the decoded texts, equal `TokenRewardScorer`'s on those texts, and the logged
+    reward_mean is the mean R(x, y)."""
+    from red_rlhf import HFRewardModel, TokenRewardScorer
+    from red_rlhf.models.tiny import save_tiny_reward_model
+
+    rm = HFRewardModel.from_pretrained(str(save_tiny_reward_model(tmp_path / "rm")))
+    trainer, seen, history = hf_run(tmp_path, tmp_path / "rm", "red")
+    assert not trainer.sources[0].reward.reads_policy_tokens(trainer.tokenizer)  # the text path, aligned by characters
+    scorer = TokenRewardScorer(rm, policy_tokenizer=trainer.tokenizer)
+    compared = 0
+    for (ro, _, out), metrics in zip(seen, history):
+        mask = ro.response_mask
+        prompt_scores, final_scores = own_scores(trainer, rm, ro)
+        torch.testing.assert_close(out.final_raw["reward"], final_scores, atol=1e-4, rtol=0)
+        torch.testing.assert_close(out.score_rewards.sum(-1), final_scores - prompt_scores, atol=1e-4, rtol=0)
+        assert metrics["reward_mean"] == pytest.approx(final_scores.mean().item(), abs=1e-4)
+        assert (out.score_rewards[mask] != 0).float().mean() > 0.5  # spread over the response, not on one token
+        texts, _ = ro.token_batch(trainer.tokenizer).texts()
+        for i, row in enumerate(scorer.score(ro.prompts, texts)):
+            if row.token_ids == real(ro.response_ids[i], mask[i]):  # the text re-tokenises to the sampled tokens
+                torch.testing.assert_close(out.score_rewards[i, : len(row.rewards)],
+                                           torch.tensor(row.rewards, dtype=torch.float32), atol=1e-4, rtol=0)
+                compared += 1
+    assert compared >= 8, compared
+
+
+def test_hf_reward_model_abc_rewards_sum_to_the_final_score_spread_over_the_response(tmp_path):
+    """ABC: each row's token rewards sum to R(x, y) (the reward model's own score of the decoded text), all
+    share its sign (attention shares are >= 0), and reach more tokens than the last one."""
+    from red_rlhf import HFRewardModel
+    from red_rlhf.models.tiny import save_tiny_reward_model
+
+    rm = HFRewardModel.from_pretrained(str(save_tiny_reward_model(tmp_path / "rm")))
+    trainer, seen, _ = hf_run(tmp_path, tmp_path / "rm", "abc")
+    for ro, scores, out in seen:
+        mask = ro.response_mask
+        _, final_scores = own_scores(trainer, rm, ro)
+        assert scores["reward"].attention is not None
+        torch.testing.assert_close(out.score_rewards.sum(-1), final_scores, atol=1e-4, rtol=0)
+        signed = out.score_rewards * final_scores.sign().unsqueeze(1)
+        assert (signed[mask] >= -1e-6).all() and (out.score_rewards[~mask] == 0).all()
+        long_rows = mask.sum(-1) > 1
+        spread = (out.score_rewards.abs() > 1e-6).sum(-1)
+        assert long_rows.any() and (spread[long_rows] > 1).all(), spread.tolist()
+        # the trainer's PPO reward is that minus the KL term, nothing else
+        kl = kl_per_token(ro.logprobs, ro.ref_logprobs, trainer.cfg.kl.estimator)
+        torch.testing.assert_close(out.rewards, torch.where(mask, out.score_rewards - out.kl_penalty, 0.0))
+        torch.testing.assert_close(out.kl_penalty, torch.where(mask, trainer.cfg.kl.coef * kl, 0.0))
+
+
+def test_critic_from_reward_model_needs_the_policys_tokenizer(tmp_path):
     from red_rlhf.models.tiny import save_tiny_reward_model
 
     rm = save_tiny_reward_model(tmp_path / "rm")
-    for scheme in ("red", "abc"):
-        cfg = toy(tmp_path, f"--reward.model={rm}", "--reward.function=null", f"--reward.scheme={scheme}",
-                  "--train.steps=2", name=f"hf-{scheme}")
-        history = Trainer(cfg).train()
-        assert len(history) == 2 and history[-1]["reward_mean"] == history[-1]["reward_mean"]
     with pytest.raises(ConfigError, match="uses another tokenizer"):
         Trainer(toy(tmp_path, f"--reward.model={rm}", "--reward.function=null", "--algo.critic_init=reward", name="crit"))
 
@@ -176,7 +263,7 @@ def test_critic_from_reward_model_starts_at_prefix_scores_or_at_zero():
     assert rm.score.weight.abs().sum() > 0  # the reward model's own head is untouched
 
 
-def test_cli_train_eval_tensorboard_and_plot(tmp_path, capsys):
+def test_cli_train_eval_tensorboard_and_plot(tmp_path, capsys, drawn_figures):
     from red_rlhf.cli import main
 
     out = tmp_path / "cli"
@@ -193,7 +280,7 @@ def test_cli_train_eval_tensorboard_and_plot(tmp_path, capsys):
     assert (out / "samples.jsonl").is_file() and list(out.rglob("events.out.tfevents*"))
     assert "held-out samples" in capsys.readouterr().out
     assert main(["plot", str(out)]) == 0
-    assert (out / "curves.png").stat().st_size > 10_000
+    check_curves(out / "curves.png", drawn_figures[-1], rows, size=(1300, 650))  # figsize 13 x 6.5 in at 100 dpi
     assert main(["train", "--config", "configs/toy.yaml", "--algo.epoch=2"]) == 2
     assert "unknown config key algo.epoch" in capsys.readouterr().err
     assert main(["plot", str(tmp_path / "nothing")]) == 2
@@ -203,9 +290,10 @@ def test_missing_eos_penalty_hits_only_cut_responses(tmp_path):
     trainer = Trainer(toy(tmp_path, "--rollout.max_new_tokens=3", name="eos"))
     torch.manual_seed(3)
     ro = trainer.rollout(["the movie was"] * 8 + ["i liked the"] * 8)
-    plain, _, _ = trainer.score(ro)
-    trainer.cfg.reward.missing_eos_penalty = 1.0
-    penalised, _, _ = trainer.score(ro)
+    scores = trainer.score(ro)
+    plain = trainer.assemble(ro, scores, kl=None).rewards
+    trainer.settings.missing_eos_penalty = 1.0
+    penalised = trainer.assemble(ro, scores, kl=None).rewards
     last = ro.response_mask.sum(-1) - 1
     rows = torch.arange(len(ro))
     diff = plain[rows, last] - penalised[rows, last]

@@ -143,6 +143,17 @@ def abc_rewards(
     return beta * final * shares + (1.0 - beta) * sparse
 
 
+def _check_shapes(scores: torch.Tensor, response_mask: torch.Tensor) -> None:
+    if scores.dim() != 2 or response_mask.shape != scores.shape:
+        raise ValueError(f"scores and response_mask must both be (B, T); got {tuple(scores.shape)} and "
+                         f"{tuple(response_mask.shape)}")
+    if not scores.is_floating_point():
+        raise ValueError(f"scores must be floating point, got dtype {scores.dtype}")
+    if response_mask.dtype != torch.bool and ((response_mask != 0) & (response_mask != 1)).any():
+        raise ValueError("response_mask must hold only 0 and 1 (or be bool), got values "
+                         f"{response_mask[(response_mask != 0) & (response_mask != 1)].unique().tolist()[:5]}")
+
+
 def token_rewards(
     scheme: str,
     scores: torch.Tensor,
@@ -171,6 +182,7 @@ def token_rewards(
     token the policy never produced, the caller puts that pooled score on the last response token (see
     `core.alignment.scores_at_cuts`), so the sum still telescopes to R(x, y) - R(x).
     """
+    _check_shapes(scores, response_mask)
     if scheme == "red":
         return redistribute(scores, response_mask, beta_c=beta_c, first_token=first_token)
     if scheme == "sparse":

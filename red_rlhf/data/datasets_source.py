@@ -49,6 +49,9 @@ def load_rows(source: str, split: str, field: str):
                 if split not in rows:
                     raise ConfigError(f"{where} has no split {split!r}; its splits are {sorted(rows)}")
                 rows = rows[split]
+        elif path.is_dir() and not any(f.suffix in BUILDERS for f in path.rglob("*") if f.is_file()):
+            raise ConfigError(f"{field}: {source} is a directory with no data files ({', '.join(BUILDERS)}) and no "
+                              "saved dataset; a prompt file (.txt or .jsonl) is read as lines")
         elif path.is_dir() or not looks_like_path(source):
             rows = datasets.load_dataset(str(path) if path.is_dir() else source, split=split)
         else:

@@ -11,7 +11,14 @@ def read_records(path: str | Path, fields: tuple[str, ...]) -> list[dict]:
 
     Raises FileNotFoundError for a missing file and ValueError naming the line for anything malformed.
     """
+    return [record for _, record in numbered_records(path, fields)]
+
+
+def numbered_records(path: str | Path, fields: tuple[str, ...]) -> list[tuple[int, dict]]:
+    """(line number, record) pairs of a JSON-lines file, checked as by read_records."""
     file = Path(path)
+    if file.is_dir():
+        raise FileNotFoundError(f"input file {path} is a directory, not a JSON-lines file")
     if not file.is_file():
         raise FileNotFoundError(f"input file {path} does not exist")
     try:
@@ -29,7 +36,7 @@ def read_records(path: str | Path, fields: tuple[str, ...]) -> list[dict]:
         if not isinstance(record, dict) or not all(isinstance(record.get(f), str) for f in fields):
             names = ", ".join(f'"{f}"' for f in fields)
             raise ValueError(f"{path}, line {number}: each line needs string field(s) {names}")
-        records.append(record)
+        records.append((number, record))
     if not records:
         raise ValueError(f"{path} holds no records")
     return records

@@ -8,74 +8,77 @@ import torch
 
 from red_rlhf.config import ConfigError, DataConfig
 from red_rlhf.data.datasets_source import BUILDERS, column_prompts, load_rows, looks_like_path, messages_prompts
-from red_rlhf.data.jsonl import read_records
+from red_rlhf.data.jsonl import numbered_records
 
 
-def read_prompts(path: str, field: str = "data.prompts", *, split: str = "train", column: str = "prompt",
-                 messages_column: str | None = None, tokenizer=None) -> list[str]:
-    """Prompts from a .txt file (one a line), a .jsonl file (string field `column`), "toy" (the toy prompts), or a
-    `datasets` source (see datasets_source: parquet/json/csv/arrow files, directories, hub names), whose `column`
-    holds strings or whose `messages_column` holds chats rendered with `tokenizer`'s chat template."""
+def read_prompts(path: str, field: str = "data.prompts", **source) -> list[str]:
+    """Prompts from a .txt file (one a line), a .jsonl file (string field "prompt", or `column`), "toy" (the toy
+    prompts), or a `datasets` source (see read_prompt_lines)."""
+    return [prompt for _, prompt in read_prompt_lines(path, field, **source)]
+
+
+def is_datasets_source(path: str, messages_column: str | None = None) -> bool:
+    """Read through Hugging Face `datasets` (parquet/json/csv/arrow files, directories, hub names), not as lines."""
+    if path == "toy":
+        return False
+    file = Path(path).expanduser()
+    if file.is_file():
+        return file.suffix in BUILDERS and not (file.suffix == ".jsonl" and messages_column is None)
+    return file.is_dir() or not looks_like_path(path)
+
+
+def read_prompt_lines(path: str, field: str = "data.prompts", *, split: str = "train", column: str = "prompt",
+                      messages_column: str | None = None, tokenizer=None) -> list[tuple[int, str]]:
+    """(line number, prompt) pairs of a prompt file (blank lines skipped); the toy prompts count from 1.
+
+    A `datasets` source gives (row index, prompt): the strings of `column` of `split`, or the chats of
+    `messages_column` rendered with `tokenizer`'s chat template (datasets_source)."""
     if path == "toy":
         from red_rlhf.data.toy import PROMPTS
 
-        return list(PROMPTS)
+        return list(enumerate(PROMPTS, start=1))
     file = Path(path).expanduser()
-    plain = file.is_file() and (file.suffix not in BUILDERS or (file.suffix == ".jsonl" and messages_column is None))
-    if not plain:
-        if not file.exists() and looks_like_path(path):
-            raise ConfigError(f"{field}: prompt file {path} does not exist")
+    if is_datasets_source(path, messages_column):
         rows = load_rows(path, split, field)
-        if messages_column:
-            return messages_prompts(rows, messages_column, field, tokenizer)
-        return column_prompts(rows, column, field, "data.prompt_column")
+        prompts = (messages_prompts(rows, messages_column, field, tokenizer) if messages_column
+                   else column_prompts(rows, column, field, "data.prompt_column"))
+        return list(enumerate(prompts))
+    if not file.is_file():
+        raise ConfigError(f"{field}: prompt file {path} does not exist")
     if file.suffix == ".jsonl":
         try:
-            prompts = [r[column] for r in read_records(file, (column,))]
+            prompts = [(number, r[column]) for number, r in numbered_records(file, (column,))]
         except ValueError as err:
             raise ConfigError(f"{field}: {err}") from err
     else:
-        prompts = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            text = file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            line = file.read_bytes()[: err.start].count(b"\n") + 1
+            raise ConfigError(f"{field}: {path}, line {line}: not UTF-8 text ({err.reason})") from None
+        prompts = [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
     if not prompts:
         raise ConfigError(f"{field}: {path} holds no prompts")
     return prompts
 
 
-def train_eval_prompts(cfg: DataConfig, tokenizer=None, *, max_prompt_tokens: int | None = None,
-                       chat_template: bool = False) -> tuple[list[str], list[str]]:
-    """(training prompts, held-out prompts). With a tokenizer and max_prompt_tokens, every prompt's length is
-    checked here, before training, so an over-long prompt fails now rather than at the step that samples it."""
-    columns = dict(column=cfg.prompt_column, messages_column=cfg.messages_column, tokenizer=tokenizer)
-    prompts = read_prompts(cfg.prompts, split=cfg.split, **columns)
+def source_options(cfg: DataConfig, tokenizer=None, eval: bool = False) -> dict:
+    """The data config's options for read_prompt_lines (split, column, chat messages) of data.prompts or
+    data.eval_prompts."""
+    return dict(split=(cfg.eval_split or cfg.split) if eval else cfg.split, column=cfg.prompt_column,
+                messages_column=cfg.messages_column, tokenizer=tokenizer)
+
+
+def train_eval_prompts(cfg: DataConfig, tokenizer=None) -> tuple[list[str], list[str]]:
+    """(training prompts, held-out prompts). The tokenizer renders a messages_column through its chat template."""
+    prompts = read_prompts(cfg.prompts, **source_options(cfg, tokenizer))
     if cfg.eval_prompts is not None:
-        held_out = read_prompts(cfg.eval_prompts, "data.eval_prompts", split=cfg.eval_split or cfg.split, **columns)
-        prompts = (prompts, held_out)
-    elif cfg.eval_size == 0:
-        prompts = (prompts, [])
-    elif cfg.eval_size >= len(prompts):
+        return prompts, read_prompts(cfg.eval_prompts, "data.eval_prompts", **source_options(cfg, tokenizer, eval=True))
+    if cfg.eval_size == 0:
+        return prompts, []
+    if cfg.eval_size >= len(prompts):
         raise ConfigError(f"data.eval_size={cfg.eval_size} leaves no training prompts out of {len(prompts)}")
-    else:
-        prompts = (prompts[: -cfg.eval_size], prompts[-cfg.eval_size:])
-    if tokenizer is not None and max_prompt_tokens is not None:
-        for field, texts in zip(("data.prompts", "data.eval_prompts"), prompts):
-            check_prompt_lengths(tokenizer, texts, max_prompt_tokens, chat_template, field)
-    return prompts
-
-
-def check_prompt_lengths(tokenizer, prompts: list[str], max_tokens: int, chat_template: bool, field: str) -> None:
-    """Every prompt fits rollout.max_prompt_tokens (encoded as the rollout encodes it); the error names the prompt."""
-    if chat_template:
-        if not getattr(tokenizer, "chat_template", None):
-            raise ConfigError("policy.chat_template is set but the policy tokenizer has no chat template")
-        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                                 add_generation_prompt=True) for p in prompts]
-    if not prompts:
-        return
-    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=not chat_template).input_ids]
-    for i, n in enumerate(lengths):
-        if n > max_tokens:
-            raise ConfigError(f"{field}: prompt {i} ({prompts[i]!r:.60}) has {n} tokens, more than "
-                              f"rollout.max_prompt_tokens={max_tokens}: shorten it or raise the limit")
+    return prompts[: -cfg.eval_size], prompts[-cfg.eval_size:]
 
 
 class PromptOrder:

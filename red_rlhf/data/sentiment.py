@@ -60,17 +60,21 @@ def fetch_sdist(download_dir: Path) -> Path:
 
 def read_sdist(sdist: Path) -> tuple[str, str]:
     """(snippet file text, licence text) from the sdist, read in memory."""
+    if sdist.is_dir():
+        raise FileNotFoundError(f"{sdist} is a directory, not the {SDIST_NAME} archive")
     if not sdist.is_file():
         raise FileNotFoundError(f"{sdist} does not exist")
-    with tarfile.open(sdist, "r:gz") as outer:
-        root = outer.getnames()[0].split("/")[0]
-        try:
+    try:
+        with tarfile.open(sdist, "r:gz") as outer:
+            root = outer.getnames()[0].split("/")[0]
             inner_bytes = outer.extractfile(f"{root}/{INNER_ARCHIVE}").read()
             licence = outer.extractfile(f"{root}/LICENSE.txt").read().decode("utf-8")
-        except KeyError as err:
-            raise ValueError(f"{sdist} does not look like the vaderSentiment sdist: {err}") from err
-    with tarfile.open(fileobj=io.BytesIO(inner_bytes), mode="r:gz") as inner:
-        text = inner.extractfile(SNIPPETS_FILE).read().decode("utf-8")
+        with tarfile.open(fileobj=io.BytesIO(inner_bytes), mode="r:gz") as inner:
+            text = inner.extractfile(SNIPPETS_FILE).read().decode("utf-8")
+    except (tarfile.TarError, EOFError, OSError, IndexError, UnicodeDecodeError) as err:  # gzip's BadGzipFile is an OSError
+        raise ValueError(f"{sdist} is not a readable .tar.gz archive ({err}); pass the {SDIST_NAME} file") from None
+    except KeyError as err:
+        raise ValueError(f"{sdist} does not look like the vaderSentiment sdist: {err}") from None
     return text, licence
 
 

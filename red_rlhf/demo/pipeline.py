@@ -113,8 +113,8 @@ def run_demo(s: DemoSettings) -> Path:
     with clock("evaluate"):
         _, after, after_rm, after_kl = trainer.eval_samples(prompts)  # 4 (after)
         eager = "eager" if cfg.reward.scheme == "abc" else None  # ABC's heatmaps need attention weights
-        scorer = TokenRewardScorer(HFRewardModel.from_pretrained(str(rm), attn_implementation=eager),
-                                   policy_tokenizer=trainer.tokenizer, scheme=cfg.reward.scheme)
+        reward = HFRewardModel.from_pretrained(str(rm), attn_implementation=eager, format=cfg.reward.format)
+        scorer = TokenRewardScorer(reward, policy_tokenizer=trainer.tokenizer, scheme=cfg.reward.scheme)
         shown = [(p, r) for p, r in zip(prompts, after) if r.strip()][: s.heatmaps]
         heat_rows = scorer.score([p for p, _ in shown], [r for _, r in shown]) if shown else []
     summary = {

@@ -125,11 +125,30 @@ def import_function(path: str, where: str = "reward.function"):
         module_name = MOVED_MODULES[module_name]
     try:
         fn = getattr(importlib.import_module(module_name), attr)
+    except SyntaxError as err:
+        raise ConfigError(f"{where}: {path!r}: the module has a syntax error at {err.filename}, line {err.lineno}: "
+                          f"{err.msg}") from None
+    except ModuleNotFoundError as err:
+        raise ConfigError(f"{where}: cannot import {path!r}: {err}{_cwd_hint(module_name)}") from None
     except (ImportError, AttributeError) as err:
         raise ConfigError(f"{where}: cannot import {path!r}: {err}") from err
     if not callable(fn):
         raise ConfigError(f"{where}: {path!r} is not callable")
     return fn
+
+
+def _cwd_hint(module_name: str) -> str:
+    """The installed `red-rlhf` command does not search the current directory (python -m does): say so."""
+    import sys
+    from pathlib import Path
+
+    top = module_name.split(".")[0]
+    here = Path.cwd()
+    if ((here / f"{top}.py").is_file() or (here / top).is_dir()) and not any(
+            Path(p or ".").resolve() == here.resolve() for p in sys.path):
+        return (f"; {top} is in the current directory, which the installed red-rlhf command does not search: run it "
+                "with PYTHONPATH=. (or install the module)")
+    return ""
 
 
 def load_source(source: SourceConfig, where: str = "reward"):

@@ -84,7 +84,21 @@ def _check_inputs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) 
             f"input_ids and attention_mask must both be (B, T); got {tuple(input_ids.shape)} and "
             f"{tuple(attention_mask.shape)}"
         )
-    lengths = attention_mask.sum(-1)
+    if input_ids.is_floating_point() or input_ids.is_complex():
+        raise ValueError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
+    if attention_mask.dtype != torch.bool:
+        odd = attention_mask[(attention_mask != 0) & (attention_mask != 1)]
+        if odd.numel():
+            raise ValueError(f"attention_mask must hold only 0 and 1 (or be bool), got values {odd.unique().tolist()[:5]}")
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    vocab = getattr(embeddings, "num_embeddings", None)
+    if input_ids.numel() and vocab is not None:
+        outside = (input_ids < 0) | (input_ids >= vocab)
+        if outside.any():
+            rows = outside.any(-1).nonzero().flatten().tolist()
+            raise ValueError(f"input_ids of row(s) {rows[:8]} hold id(s) {input_ids[outside].unique().tolist()[:5]} "
+                             f"outside the reward model's vocabulary of {vocab}: encode with the reward model's tokenizer")
+    lengths = attention_mask.long().sum(-1)
     empty = (lengths == 0).nonzero().flatten().tolist()
     if empty:
         raise ValueError(f"row(s) {empty} have no tokens (attention_mask is all zero)")

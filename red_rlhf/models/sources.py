@@ -32,6 +32,7 @@ from red_rlhf.models.detokenize import response_texts
 from red_rlhf.models.prefix import pooled_attention, prefix_scores, resolve_mode
 
 FORMATS = ("auto", "chat", "concat", "pair")
+TRAINED_FORMAT_KEY = "red_rlhf_input_format"  # in a reward model's config: how its training inputs were laid out
 
 
 class SourceError(ValueError):
@@ -180,7 +181,8 @@ class _Encoded:
 class HFRewardModel:
     """A Hugging Face *ForSequenceClassification reward model and its (fast) tokenizer.
 
-    format: how prompt and response become the reward model's input:
+    format: how prompt and response become the reward model's input ("auto": the format recorded in the model's
+    config by `red-rlhf train-rm`, else as below):
       "chat"    the tokenizer's chat template (user turn, assistant turn); default when it has one
       "pair"    tokenizer(prompt, response) (BERT/DeBERTa-style pair encoding); default for bidirectional models
       "concat"  tokenizer(prompt + response); default otherwise
@@ -195,8 +197,9 @@ class HFRewardModel:
             raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
         self.model, self.tokenizer = model.eval(), tokenizer
         self.mode = resolve_mode(model, mode)
-        if format == "auto":
-            format = "chat" if getattr(tokenizer, "chat_template", None) else ("concat" if self.mode == "causal" else "pair")
+        if format == "auto":  # the format the model was trained on, when its config says (red-rlhf train-rm writes it)
+            format = getattr(model.config, TRAINED_FORMAT_KEY, None) or (
+                "chat" if getattr(tokenizer, "chat_template", None) else ("concat" if self.mode == "causal" else "pair"))
         self.format = format
         self.label_index, self.batch_size, self.max_batch_tokens = label_index, batch_size, max_batch_tokens
         self._reads_cache: dict[int, bool] = {}

@@ -138,6 +138,12 @@ def write_reward_model_card(folder: str | Path, *, base: str, data: str, metrics
     rm_metrics.json are saved by training.reward_model.save_reward_model. Returns the card's path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if metrics.get("accuracy_before") is None:
+        accuracy = f"No pairs were held out, so no accuracy was measured ({metrics['train_pairs']} training pairs)."
+    else:
+        accuracy = (f"Held-out pairwise accuracy: {metrics['accuracy_before']:.3f} before training, "
+                    f"{metrics['accuracy_after']:.3f} after ({metrics['held_out_pairs']} held-out pairs, "
+                    f"{metrics['train_pairs']} training pairs).")
     base_text = "a tiny GPT-2 built from a config (`tiny`)" if base == "tiny" else f"`{base}`"
     card = _front_matter(base, "transformers", ["red-rlhf", "reward-model", "bradley-terry"],
                          "text-classification") + f"""
@@ -147,8 +153,7 @@ A causal reward model (a decoder with a one-logit score head) trained from {base
 from `{Path(data).name}` with the Bradley-Terry loss ({how}). Its score after every token is the prefix score
 that red-rlhf's RED scheme turns into per-token rewards.
 
-Held-out pairwise accuracy: {metrics['accuracy_before']:.3f} before training, {metrics['accuracy_after']:.3f}
-after ({metrics['held_out_pairs']} held-out pairs, {metrics['train_pairs']} training pairs).
+{accuracy}
 
 ## Use
 

@@ -7,6 +7,7 @@ process, an all-reduce under accelerate.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ import torch
 from red_rlhf.core.advantages import gae, masked_whiten, rloo_advantages
 from red_rlhf.config import Config
 from red_rlhf.core.losses import entropy_from_logits, policy_loss, value_loss
+from red_rlhf.training.guards import STOPPED, NonFiniteError
 from red_rlhf.training.rollout import Rollout, response_logits, token_logprobs
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]  # sums a tensor over data-parallel processes
@@ -57,11 +59,13 @@ def _micro_batches(cfg: Config, size: int, generator: torch.Generator):
 
 
 def update(cfg: Config, exp: Experience, policy, critic, policy_opt, critic_opt, *, backward=None, clip_grad=None,
-           reduce: Reduce = local_sum, generator: torch.Generator | None = None) -> dict[str, float]:
+           reduce: Reduce = local_sum, generator: torch.Generator | None = None, step: int = 0) -> dict[str, float]:
     """Phase 6: PPO epochs x mini-batches x gradient-accumulation micro-batches. Returns mean diagnostics.
 
     Losses are token sums divided by the global token count of their mini-batch (per process, as DDP averages
     gradients), so 2 processes x b rollouts take the same step as 1 process x 2b. backward / clip_grad default to plain torch (accelerate passes its own).
+    A NaN or infinite loss or gradient norm raises NonFiniteError (naming `step`, epoch and mini-batch) before
+    the optimiser step it would spoil.
     """
     backward = backward or (lambda loss: loss.backward())
     clip_grad = clip_grad or (lambda params, norm: torch.nn.utils.clip_grad_norm_(params, norm))
@@ -75,8 +79,8 @@ def update(cfg: Config, exp: Experience, policy, critic, policy_opt, critic_opt,
     def record(key: str, value: float) -> None:
         totals.setdefault(key, []).append(value)
 
-    for epoch in _micro_batches(cfg, len(ro), generator):
-        for mini in epoch:
+    for epoch_number, epoch in enumerate(_micro_batches(cfg, len(ro), generator), start=1):
+        for mini_number, mini in enumerate(epoch, start=1):
             # global token count of this mini-batch, per process: DDP averages the processes' gradients
             tokens = reduce(ro.response_mask[torch.cat(mini)].sum().float()).item() / world
             mini_loss = {"policy_loss": 0.0, "value_loss": 0.0}
@@ -103,11 +107,16 @@ def update(cfg: Config, exp: Experience, policy, critic, policy_opt, critic_opt,
                     backward(vl)
                     mini_loss["value_loss"] += vl.item()
                     record("value_clip_fraction", vclip.item())
-            record("policy_grad_norm", float(clip_grad(policy.parameters(), a.max_grad_norm)))
+            where = f"step {step}, phase update, epoch {epoch_number}, mini-batch {mini_number}"
+            grad_norm = float(clip_grad(policy.parameters(), a.max_grad_norm))
+            _check_finite(where, policy_loss=mini_loss["policy_loss"], policy_grad_norm=grad_norm)
+            record("policy_grad_norm", grad_norm)
             policy_opt.step()
             policy_opt.zero_grad(set_to_none=True)
             if critic is not None:
-                record("critic_grad_norm", float(clip_grad(critic.parameters(), a.max_grad_norm)))
+                grad_norm = float(clip_grad(critic.parameters(), a.max_grad_norm))
+                _check_finite(where, value_loss=mini_loss["value_loss"], critic_grad_norm=grad_norm)
+                record("critic_grad_norm", grad_norm)
                 critic_opt.step()
                 critic_opt.zero_grad(set_to_none=True)
             for key, value in mini_loss.items():  # this process's share of the global per-token mean
@@ -117,6 +126,13 @@ def update(cfg: Config, exp: Experience, policy, critic, policy_opt, critic_opt,
             if a.target_kl is not None and approx_kl > a.target_kl:
                 return _summarise(totals, reduce, world, early_stop=True)
     return _summarise(totals, reduce, world, early_stop=False)
+
+
+def _check_finite(where: str, **values: float) -> None:
+    bad = {name: value for name, value in values.items() if not math.isfinite(value)}
+    if bad:
+        named = ", ".join(f"{name} = {value}" for name, value in bad.items())
+        raise NonFiniteError(f"{where}: {named}; {STOPPED}. Check the rewards, kl.coef and the learning rates")
 
 
 def _summarise(totals: dict[str, list[float]], reduce: Reduce, world: float, early_stop: bool) -> dict[str, float]:

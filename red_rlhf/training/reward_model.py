@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from red_rlhf.core.masks import pad_rows
 from red_rlhf.data.jsonl import read_records
 from red_rlhf.models.prefix import causal_scores, trunk_hidden
+from red_rlhf.models.sources import TRAINED_FORMAT_KEY
 
 
 @dataclass
@@ -274,7 +275,7 @@ def fit_reward_model(model, tokenizer, train: list[PreferencePair], held_out: li
                      head_iterations: int = 400) -> dict[str, float]:
     """Bradley-Terry training with a progress bar: the score head alone on frozen features (`train_score_head`),
     or the trainable weights (`train_reward_model`). The one entry point of `red-rlhf train-rm` and the demo."""
-    from rich.progress import Progress
+    from red_rlhf.progress import Progress  # plain lines when output is not a terminal
 
     with Progress() as bar:
         if head_only:
@@ -292,9 +293,14 @@ def fit_reward_model(model, tokenizer, train: list[PreferencePair], held_out: li
 
 def save_reward_model(model, tokenizer, out: str | Path, metrics: dict) -> Path:
     """The model and tokenizer (from_pretrained loads them), then rm_metrics.json, written last: it marks a
-    finished reward model (the demo's cache trusts a folder only when it is there)."""
+    finished reward model (the demo's cache trusts a folder only when it is there).
+
+    The config records that the model was trained on plain concatenations (`encode_pairs`: prompt + response +
+    EOS, no chat template), so `HFRewardModel` scores it the same way by default ("concat"; with the policy's
+    tokenizer that is also the one-forward tensor path), even when its tokenizer has a chat template."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    setattr(model.config, TRAINED_FORMAT_KEY, "concat")
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     (out / "rm_metrics.json").write_text(json.dumps(metrics, indent=2))

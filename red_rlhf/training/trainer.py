@@ -33,7 +33,10 @@ from red_rlhf.models.sources import PrefixScores, SourceError
 from red_rlhf.training import checkpoint, tracking
 from red_rlhf.training.controllers import AdaptiveKL, multipliers, signed_coefficients
 from red_rlhf.training.export import export_policy
+from red_rlhf.training.guards import ensure_finite
 from red_rlhf.training.ppo import Experience, compute_advantages, update
+from red_rlhf.training.prompt_check import check_prompts
+from red_rlhf.training.resume import begin as begin_run
 from red_rlhf.training.rollout import Rollout, encode_prompts, response_logits, sample, token_logprobs
 
 
@@ -64,7 +67,7 @@ class Trainer:
         from accelerate.utils import set_seed
 
         self.cfg = cfg
-        self.out = Path(cfg.train.output_dir)
+        self.out = Path(cfg.train.output_dir).expanduser()
         # cpu=True on machines without an accelerator: only then does accelerate join torchrun's processes (gloo)
         cpu_only = not (torch.cuda.is_available() or torch.backends.mps.is_available())
         self.acc = accelerator or Accelerator(cpu=cpu_only, log_with=tracking.tracker_names(cfg.train) or None,
@@ -80,8 +83,8 @@ class Trainer:
         else:
             self.policy, self.policy_opt = self.acc.prepare(run.policy, run.policy_opt)
             self.critic, self.critic_opt = None, None
-        train_prompts, self.eval_prompts = train_eval_prompts(cfg.data, self.tokenizer, chat_template=cfg.policy.chat_template,
-                                                              max_prompt_tokens=cfg.rollout.max_prompt_tokens)
+        train_prompts, self.eval_prompts = train_eval_prompts(cfg.data, self.tokenizer)
+        check_prompts(cfg, self.tokenizer)  # every prompt fits, named by file and line, before the first step
         self.order = PromptOrder(train_prompts, cfg.train.seed, self.acc.process_index, self.acc.num_processes)
         self.kl = AdaptiveKL(cfg.kl.coef, cfg.kl.target if cfg.kl.adaptive else None, cfg.kl.horizon)
         self.lambdas = multipliers([s.config for s in self.sources], cfg.lagrangian)
@@ -105,12 +108,13 @@ class Trainer:
         with self._phase(REWARDS, seconds):
             kl = kl_per_token(ro.logprobs, ro.ref_logprobs, c.kl.estimator)  # (B, R)
             rewards = self.assemble(ro, scores, kl)
+            ensure_finite(self.step + 1, "rewards", token_rewards=rewards.rewards, kl=torch.where(ro.response_mask, kl, 0))
         with self._phase(ADVANTAGES, seconds):
             exp = compute_advantages(c, ro, rewards.rewards, reduce=self._sum)
         with self._phase(UPDATE, seconds):
             stats = update(c, exp, self.policy, self.critic, self.policy_opt, self.critic_opt,
                            backward=self.acc.backward, clip_grad=self.acc.clip_grad_norm_, reduce=self._sum,
-                           generator=torch.Generator().manual_seed(c.train.seed * 7919 + self.step))
+                           generator=torch.Generator().manual_seed(c.train.seed * 7919 + self.step), step=self.step + 1)
             self.policy_sched.step()
             if self.critic_sched:
                 self.critic_sched.step()
@@ -199,16 +203,13 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def train(self, resume: bool = False) -> list[dict]:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        from red_rlhf.progress import Progress  # plain lines when output is not a terminal
 
         c = self.cfg
-        if resume:
-            self.load(checkpoint.latest(self.out))
-        elif checkpoint.latest(self.out, must_exist=False) is not None:
-            raise ValueError(f"{self.out} already holds checkpoints: pass --resume to continue, or pick another "
-                             "train.output_dir")
+        begin_run(self, resume)  # checks what a resume may change, sets it, one metrics row per step, history
         if self.acc.is_main_process:
-            self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(to_dict(c), indent=2))
         self.acc.init_trackers("red-rlhf", config=tracking.flat_config(to_dict(c)))
         history, show = [], None

@@ -1,0 +1,33 @@
+"""Model names that are local paths: say what is wrong with them before a loader says something else.
+
+Hugging Face reads "name" and "org/name" as hub ids; a path that does not exist ends in a message about repo
+ids, a directory without a model in one about tokenizer classes. These checks run first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+MODEL_FILES = ("config.json",)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model")
+
+
+def looks_local(name_or_path: str) -> bool:
+    """A filesystem path rather than a hub id: starts with . / ~, has more than one '/', or exists."""
+    return name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or Path(name_or_path).exists()
+
+
+def check_model_path(name_or_path: str, what: str, needs: tuple[str, ...] = MODEL_FILES) -> None:
+    """Raise FileNotFoundError / ValueError naming `what` when a local model path cannot be a model."""
+    if not name_or_path.strip():
+        raise ValueError(f"{what} is empty: name a model directory or a hub id")
+    if not looks_local(name_or_path):
+        return
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"{what}: path {name_or_path} does not exist")
+    if not path.is_dir():
+        raise ValueError(f"{what}: {name_or_path} is a file; give the directory save_pretrained wrote")
+    if not any((path / name).is_file() for name in needs):
+        raise ValueError(f"{what}: {name_or_path} is a directory but holds no model (none of {', '.join(needs)}); "
+                         "give the directory save_pretrained wrote")

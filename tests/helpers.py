@@ -1,0 +1,122 @@
+"""Helpers shared by several test modules (test modules import from here, never from each other)."""
+
+from __future__ import annotations
+
+import io
+import random
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from red_rlhf.models.prefix import naive_prefix_scores
+
+# ---------------------------------------------------------------- reward models' own scores
+
+
+def model_score(model, tok, text: str, **kwargs) -> float:
+    """The reward model's own score of one text: HF's forward on the unpadded sequence, read at its last token."""
+    enc = tok(text, return_tensors="pt", **kwargs)
+    pair = "token_type_ids" in enc
+    extra = {"token_type_ids": enc.token_type_ids} if pair else {}
+    return naive_prefix_scores(model, enc.input_ids, enc.attention_mask, **extra, suffix_len=1 if pair else 0)[0, -1].item()
+
+
+# ---------------------------------------------------------------- the vaderSentiment sdist, faked
+
+SNIPPET_WORDS = "the film was a truly great bad dull warm clever story with plot and music in every scene".split()
+
+
+def fixture_snippets(n: int = 400, seed: int = 0) -> str:
+    """n rated snippets in the format of the real movieReviewSnippets_GroundTruth.txt (id, rating, text; CRLF)."""
+    rng = random.Random(seed)
+    lines = []
+    for i in range(1, n + 1):
+        text = " ".join(rng.choice(SNIPPET_WORDS) for _ in range(rng.randint(5, 14)))
+        lines.append(f"{i}\t{rng.uniform(-4, 4):.6f}\t{text} ''quoted''.")
+    return "\r\n".join(lines) + "\r\n"
+
+
+def add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def fake_sdist(path: Path, snippets_text: str) -> Path:
+    """A tar.gz laid out as vaderSentiment-3.3.2's sdist (the nested tarball holding the snippets, the licence)."""
+    inner = io.BytesIO()
+    with tarfile.open(fileobj=inner, mode="w:gz") as t:
+        add_bytes(t, "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt", snippets_text.encode())
+    with tarfile.open(path, "w:gz") as t:
+        add_bytes(t, "vaderSentiment-3.3.2/LICENSE.txt", b"The MIT License (MIT)\n")
+        add_bytes(t, "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz", inner.getvalue())
+    return path
+
+
+# ---------------------------------------------------------------- images
+
+
+def png_pixels(source) -> np.ndarray:
+    """A PNG (path or bytes) decoded to RGB pixels, (H, W, 3) uint8."""
+    from PIL import Image
+
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.format == "PNG", image.format
+        return np.asarray(image.convert("RGB"))
+
+
+def colour_pixels(pixels: np.ndarray, hex_colour: str, tolerance: int = 40) -> int:
+    """How many pixels lie within `tolerance` (per channel) of a colour like '#1f77b4'."""
+    rgb = np.array([int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)])
+    return int((np.abs(pixels.astype(int) - rgb).max(-1) <= tolerance).sum())
+
+
+def axes_pixels(pixels: np.ndarray, ax) -> np.ndarray:
+    """The pixels inside one matplotlib Axes of a saved figure (saved at the figure's dpi, no bbox_inches)."""
+    height = pixels.shape[0]
+    box = ax.get_window_extent()  # display coordinates: pixels from the bottom left
+    return pixels[height - int(box.y1): height - int(box.y0), int(box.x0): int(box.x1)]
+
+
+# ---------------------------------------------------------------- tensors
+
+
+def real(ids: torch.Tensor, mask: torch.Tensor) -> list[int]:
+    """The ids of one padded row where its mask is set."""
+    return [i for i, m in zip(ids.tolist(), mask.tolist()) if m]
+
+
+def check_curves(png_path, figure, rows: list[dict], size: tuple[int, int]) -> None:
+    """A training-curves PNG shows the run's metrics: it decodes to `size` (width, height); every panel of
+    `report.plots` draws its metric's column of `rows` (metrics.jsonl) step by step, and each drawn line's
+    colour is on the panel's pixels."""
+    from matplotlib.colors import to_hex
+
+    from red_rlhf.report.plots import PANELS, SOURCE_PANELS
+
+    pixels = png_pixels(png_path)
+    assert (pixels.shape[1], pixels.shape[0]) == size
+    by_title = {ax.get_title(): ax for ax in figure.axes if ax.get_title()}
+    expected = {}  # panel title -> {line label: metric key}
+    for key, title in PANELS:
+        expected[title] = {"train": key}
+        if any(f"eval_{key}" in r for r in rows) and key in ("reward_mean", "kl"):
+            expected[title]["held-out"] = f"eval_{key}"
+    for prefix, title in SOURCE_PANELS:
+        keys = sorted(k for k in rows[-1] if k.startswith(prefix))
+        if keys:
+            expected[title] = {k[len(prefix):]: k for k in keys}
+    assert set(by_title) == set(expected), (sorted(by_title), sorted(expected))
+    for title, lines in expected.items():
+        ax = by_title[title]
+        drawn = {line.get_label(): line for line in ax.get_lines()}
+        assert set(drawn) == set(lines), (title, sorted(drawn))
+        panel = axes_pixels(pixels, ax)
+        for label, key in lines.items():
+            steps, values = zip(*[(r["step"], r[key]) for r in rows if key in r])
+            assert list(drawn[label].get_xdata()) == list(steps), (title, label)
+            assert list(drawn[label].get_ydata()) == list(values), (title, label)
+            assert colour_pixels(panel, to_hex(drawn[label].get_color())) > 0, (title, label)
