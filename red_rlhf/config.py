@@ -241,6 +241,34 @@ class TrainConfig:
 
 
 @dataclass
+class PrecisionConfig:
+    """Number formats and memory savers (GPU runs); the defaults (float32, nothing saved) suit CPU and the tests.
+    Options a device cannot run are refused at start-up (models/precision.py), naming the field."""
+
+    policy_dtype: str = "fp32"
+    """Load dtype of the policy: "fp32", "bf16" or "fp16". It trains in this dtype (AdamW keeps its states in it
+    too): bf16 halves memory but rounds small updates away; prefer fp32 + mixed_precision unless memory is short.
+    fp16 weights cannot be trained (use mixed_precision "fp16" on fp32 weights)."""
+    reference_dtype: str = "fp32"
+    """Load dtype of the frozen reference (a copy of the initial policy). With LoRA it is the policy's base, so it
+    must equal policy_dtype."""
+    critic_dtype: str = "fp32"
+    """Load dtype of the PPO critic (trained, like the policy: "fp16" is refused)."""
+    reward_dtype: str = "fp32"
+    """Dtype of HF reward and cost models (frozen; scoring only). Function rewards ignore it."""
+    mixed_precision: str = "no"
+    """accelerate's mixed precision for the trained models' forward passes: "no", "bf16" (CPU or a GPU with bf16)
+    or "fp16" (CUDA only; loss scaling)."""
+    gradient_checkpointing: bool = False
+    """Recompute each transformer layer's activations in the backward pass instead of keeping them (policy and
+    critic): about a third more compute for activations of one layer instead of all."""
+    attn_implementation: str = "auto"
+    """Attention kernels of policy, reference and critic: "auto" (transformers' default, sdpa where the model has
+    it), "eager", "sdpa" or "flash_attention_2" (needs the flash-attn package, CUDA and bf16/fp16 weights). Reward
+    models with scheme "abc" always use "eager": ABC reads the attention weights."""
+
+
+@dataclass
 class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -250,6 +278,7 @@ class Config:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     lagrangian: LagrangianConfig = field(default_factory=LagrangianConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
 
     @property
     def rollouts_per_step(self) -> int:
@@ -360,6 +389,7 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"train.push_to_hub must be a hub repo id 'user/name', got {t.push_to_hub!r}")
     if t.merge_lora and not cfg.policy.lora_r:
         raise ConfigError("train.merge_lora merges LoRA adapters, but policy.lora_r is 0 (no adapters)")
+    _validate_precision(cfg)
     return cfg
 
 
@@ -373,6 +403,26 @@ def _validate_data(cfg: Config) -> None:
     if d.messages_column and cfg.policy.chat_template:
         raise ConfigError("data.messages_column renders each conversation through the chat template already: "
                           "set policy.chat_template false (it would wrap the rendered text again)")
+
+
+DTYPE_NAMES = ("fp32", "bf16", "fp16")
+
+
+def _validate_precision(cfg: Config) -> None:
+    """Choices and combinations that cannot work on any device (device checks: models/precision.py)."""
+    p = cfg.precision
+    for name in ("policy_dtype", "reference_dtype", "critic_dtype", "reward_dtype"):
+        _choice(f"precision.{name}", getattr(p, name), DTYPE_NAMES)
+    _choice("precision.mixed_precision", p.mixed_precision, ("no", "bf16", "fp16"))
+    _choice("precision.attn_implementation", p.attn_implementation, ("auto", "eager", "sdpa", "flash_attention_2"))
+    for name in ("policy_dtype", "critic_dtype"):
+        if getattr(p, name) == "fp16":
+            raise ConfigError(f"precision.{name} 'fp16': float16 weights cannot be trained (gradients underflow and "
+                              "the loss scaler refuses fp16 gradients); load 'fp32' with precision.mixed_precision "
+                              "'fp16', or use 'bf16'")
+    if cfg.policy.lora_r and p.reference_dtype != p.policy_dtype:
+        raise ConfigError(f"precision.reference_dtype {p.reference_dtype!r}: with LoRA the reference is the policy's "
+                          f"own base weights, in precision.policy_dtype {p.policy_dtype!r}; set both the same")
 
 
 def reward_sources(cfg: Config) -> list[SourceConfig]:

@@ -39,8 +39,8 @@ def global_batch(policy, critic, tok, rows=8, prompt=5, response=6):
     return ro, rewards
 
 
-def main(out: str) -> None:
-    acc = Accelerator(cpu=True)
+def main(out: str, accelerator=None) -> None:
+    acc = accelerator or Accelerator(cpu=True)
     cfg = load_config("configs/toy.yaml", ["--rollout.batch_size=8", "--algo.mini_batch_size=8", "--algo.grad_accum=2",
                                            "--algo.epochs=1", "--train.tensorboard=false"])
     tok = toy_tokenizer()
@@ -55,7 +55,8 @@ def main(out: str) -> None:
     # step is lr * sign(g) and would amplify rounding noise in near-zero gradients)
     popt = torch.optim.SGD(policy.parameters(), lr=0.1)
     copt = torch.optim.SGD(critic.parameters(), lr=0.1)
-    policy, critic, popt, copt = acc.prepare(policy, critic, popt, copt)
+    policy, popt = acc.prepare(policy, popt)  # one model per call: FSDP2 refuses two
+    critic, copt = acc.prepare(critic, copt)
 
     def total(x):
         return acc.reduce(x, reduction="sum") if acc.num_processes > 1 else x
@@ -63,9 +64,11 @@ def main(out: str) -> None:
     shaped = shape_rewards(rewards, kl_per_token(ro.logprobs, ro.ref_logprobs), ro.response_mask, 0.05)
     exp = compute_advantages(cfg, ro, shaped, reduce=total)
     stats = update(cfg, exp, policy, critic, popt, copt, backward=acc.backward, clip_grad=acc.clip_grad_norm_, reduce=total)
+    full = {"policy": acc.get_state_dict(policy), "critic": acc.get_state_dict(critic)}  # gathers FSDP shards
+    # parameters this process holds: all of them, or under FSDP its shard of each (DTensor.to_local)
+    held = sum(getattr(p, "to_local", lambda: p)().numel() for p in policy.parameters())
     if acc.is_main_process:
-        torch.save({"policy": acc.unwrap_model(policy).state_dict(), "critic": acc.unwrap_model(critic).state_dict(),
-                    "stats": stats}, out)
+        torch.save({**full, "stats": stats, "held": held, "numel": sum(p.numel() for p in policy.parameters())}, out)
     acc.wait_for_everyone()
 
 

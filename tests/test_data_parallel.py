@@ -51,4 +51,6 @@ def test_the_trainer_runs_as_two_processes_and_resumes(tmp_path):
     torchrun(2, *common, "--train.steps=3", "--resume")
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]  # one line per step: the processes form one run, not two
-    assert sorted(p.name for p in (out / "checkpoints" / "step-000003").iterdir()) == ["rng-rank0.pt", "rng-rank1.pt", "state.pt"]
+    files = sorted(p.name for p in (out / "checkpoints" / "step-000003").iterdir())
+    assert files == ["model.safetensors", "model_1.safetensors", "optimizer.bin", "optimizer_1.bin", "rng-rank0.json",
+                     "rng-rank0.safetensors", "rng-rank1.json", "rng-rank1.safetensors", "trainer.json"]

@@ -93,14 +93,14 @@ def test_ctrl_c_saves_then_stops_and_an_unfinished_save_keeps_the_last_checkpoin
     with pytest.raises(KeyboardInterrupt):
         trainer.train()
     assert checkpoint.latest(tmp_path / "int").name == "step-000001"
-    # a save killed half-way (here: state.pt cannot be written) leaves `latest` on the previous complete one
+    # a save killed half-way (here: the optimiser state cannot be written) leaves `latest` on the previous complete one
     again = Trainer(toy(tmp_path, "--train.steps=5", name="int"))
     again.load(checkpoint.latest(tmp_path / "int"))
     again.step = 2
     real_save = torch.save
 
     def failing_save(obj, path, *args, **kwargs):
-        if str(path).endswith("state.pt"):
+        if str(path).endswith("optimizer.bin"):
             raise OSError("disk full")
         return real_save(obj, path, *args, **kwargs)
 

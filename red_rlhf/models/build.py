@@ -16,6 +16,7 @@ import torch
 from dataclasses import dataclass
 
 from red_rlhf.config import Config, ConfigError, SourceConfig, reward_sources
+from red_rlhf.models.precision import attention_kwargs, enable_gradient_checkpointing, set_attention, torch_dtype
 from red_rlhf.models.prefix import max_context
 from red_rlhf.models.sources import FunctionReward, HFRewardModel, RewardSource
 
@@ -63,7 +64,8 @@ def load_policy(cfg: Config):
         from red_rlhf.models.tiny import toy_policy, toy_tokenizer
 
         tokenizer = toy_tokenizer()
-        policy = toy_policy(tokenizer, seed=cfg.train.seed)
+        policy = toy_policy(tokenizer, seed=cfg.train.seed).to(torch_dtype(cfg.precision.policy_dtype))
+        set_attention(policy, cfg.precision)
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -72,7 +74,8 @@ def load_policy(cfg: Config):
         name = resolve_model_name(name)
         try:
             tokenizer = AutoTokenizer.from_pretrained(name)
-            policy = AutoModelForCausalLM.from_pretrained(name)
+            policy = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype(cfg.precision.policy_dtype),
+                                                         **attention_kwargs(cfg.precision))
         except OSError as err:
             raise ConfigError(f"policy.name_or_path: cannot load {name!r}: {str(err).splitlines()[0]}") from err
     if tokenizer.eos_token_id is None:
@@ -99,9 +102,37 @@ def reference_model(policy, cfg: Config):
     """A frozen copy of the initial policy, or None with LoRA (the base with adapters disabled is the reference)."""
     if cfg.policy.lora_r:
         return None
-    ref = copy.deepcopy(policy).eval()
+    ref = copy.deepcopy(policy).eval().to(torch_dtype(cfg.precision.reference_dtype))
     ref.requires_grad_(False)
     return ref
+
+
+def apply_precision(cfg: Config, policy, critic, rewards: list) -> None:
+    """After the models are built (and LoRA applied): the critic's and HF reward models' dtypes, and gradient
+    checkpointing of policy and critic. The policy was loaded in its dtype, the reference copy takes its own.
+
+    HF reward models are loaded in float32 and then cast (their loader is in sources.py): the float32 copy is
+    transient, on the CPU.
+    """
+    p = cfg.precision
+    if critic is not None:
+        critic.to(torch_dtype(p.critic_dtype))
+    for reward in rewards:
+        if isinstance(reward, HFRewardModel):
+            reward.model.to(torch_dtype(p.reward_dtype))
+    if p.gradient_checkpointing:
+        enable_gradient_checkpointing(policy)
+        if critic is not None:
+            enable_gradient_checkpointing(critic)
+
+
+def place_frozen(run: "Run", device: torch.device) -> None:
+    """The frozen models (reference, HF reward models), which accelerate does not prepare, onto `device`."""
+    if run.reference is not None:
+        run.reference.to(device)
+    for source in run.sources:
+        if isinstance(source.reward, HFRewardModel):
+            source.reward.model.to(device)
 
 
 @contextlib.contextmanager
@@ -241,6 +272,7 @@ def build_run(cfg: Config) -> Run:
     check_context(policy, cfg)
     policy = apply_lora(policy, cfg)
     reference = reference_model(policy, cfg)
+    apply_precision(cfg, policy, critic, [s.reward for s in sources])
     params = [p for p in policy.parameters() if p.requires_grad]
     policy_opt = torch.optim.AdamW(params, lr=cfg.algo.policy_lr, eps=1e-5)
     critic_opt = torch.optim.AdamW(critic.parameters(), lr=cfg.algo.critic_lr, eps=1e-5) if critic else None

@@ -1,63 +1,204 @@
-"""Atomic checkpoints: a kill during a save never leaves a broken latest checkpoint.
+"""Atomic, sharding-safe checkpoints that load no code.
 
-Layout: OUTPUT_DIR/checkpoints/step-000010/{state.pt, rng-rank0.pt, ...} and OUTPUT_DIR/checkpoints/latest, a
-one-line file naming the newest complete step directory. A save writes a hidden temporary directory, renames it
-into place (atomic on one file system), and only then rewrites `latest` (also by rename).
+Layout: OUTPUT_DIR/checkpoints/step-000010/ and OUTPUT_DIR/checkpoints/latest, a one-line file naming the newest
+complete step directory. A save writes a hidden temporary directory, renames it into place (atomic on one file
+system), and only then rewrites `latest` (also by rename). A kill at any point leaves `latest` on a complete one.
+
+What a step directory holds (models and optimisers are written by accelerate's save_state, so DDP, FSDP and
+DeepSpeed each get their own layout; model 0 is the policy, model 1 the critic):
+    model.safetensors, model_1.safetensors      one process / DDP: full weights
+    optimizer.bin, optimizer_1.bin              optimiser states, read back with weights_only=True
+    pytorch_model_fsdp_0/, optimizer_0/, ...    FSDP SHARDED_STATE_DICT: one __RANK_0.distcp shard per process and a
+                                                .metadata index (torch.distributed.checkpoint)
+    trainer.json                                step, KL coefficient, prompt order, Lagrange multipliers, LR schedules
+    rng-rank{i}.json, rng-rank{i}.safetensors   each process's python / numpy (JSON) and torch (tensors) RNG states
+
+Nothing is unpickled as arbitrary objects: JSON and safetensors cannot hold code; before loading, every torch pickle
+is checked against torch's weights_only allow-list (tensors, numbers, containers), and a sharded checkpoint's
+.metadata and non-tensor items (which torch itself unpickles freely) against DCP's own dataclasses and
+weights_only. A tampered file is refused with CheckpointError naming it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import io
+import json
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
+
+TRAINER_STATE = "trainer.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded safely or does not fit this run; the message names the file."""
 
 
 def _root(out: Path) -> Path:
     return Path(out) / "checkpoints"
 
 
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Only what training changes (all weights, or the LoRA adapters): the frozen base is rebuilt from its source."""
-    return {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
+# ---------------------------------------------------------------- RNG states as JSON + safetensors
 
 
-def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    expected = {name for name, p in model.named_parameters() if p.requires_grad}
-    if set(state) != expected:
-        missing, extra = sorted(expected - set(state))[:3], sorted(set(state) - expected)[:3]
-        raise ValueError(f"checkpoint does not fit this model (missing {missing}, unexpected {extra}): "
-                         "resume with the config that wrote it")
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in state.items():
-            params[name].copy_(value)
+def _rng_files(directory: Path, rank: int) -> tuple[Path, Path]:
+    return directory / f"rng-rank{rank}.json", directory / f"rng-rank{rank}.safetensors"
 
 
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+def save_rng(directory: Path, rank: int) -> None:
+    from safetensors.torch import save_file
+
+    version, mt_state, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    plain = {"python": [version, list(mt_state), gauss],
+             "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    as_json, as_tensors = _rng_files(directory, rank)
+    as_json.write_text(json.dumps(plain))
+    save_file(tensors, str(as_tensors))
 
 
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def load_rng(directory: Path, rank: int) -> None:
+    from safetensors.torch import load_file
+
+    as_json, as_tensors = _rng_files(directory, rank)
+    for file in (as_json, as_tensors):
+        if not file.is_file():
+            raise CheckpointError(f"{file} is missing: resume with as many processes as the run that saved {directory}")
+    plain, tensors = _read_json(as_json), _read_safetensors(as_tensors, load_file)
+    version, mt_state, gauss = plain["python"]
+    random.setstate((version, tuple(mt_state), gauss))
+    kind, keys, pos, has_gauss, cached = plain["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[f"cuda{i}"] for i in range(len(tensors) - 1)]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
 
 
-def save(out: Path, step: int, state: dict, accelerator, keep: int = 2) -> Path:
+def _reason(err: Exception) -> str:
+    """The line of a weights_only refusal that names the class or function the pickle asked for."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()] or [type(err).__name__]
+    return next((line for line in lines if "Unsupported global" in line), lines[0])
+
+
+def _read_json(file: Path) -> dict:
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{file} is not valid JSON ({err}): the checkpoint is damaged") from err
+
+
+def _read_safetensors(file: Path, load_file) -> dict:
+    try:
+        return load_file(str(file))
+    except Exception as err:  # safetensors raises its own SafetensorError on a damaged header
+        raise CheckpointError(f"{file} is not a valid safetensors file ({err}): the checkpoint is damaged") from err
+
+
+# ---------------------------------------------------------------- save / find / load
+
+
+PICKLED = (".bin", ".pt", ".pth", ".pkl")
+
+
+def check_files(directory: Path) -> None:
+    """Raise CheckpointError naming the file if a safetensors header under `directory` is damaged, or if a torch
+    pickle names a class or function outside torch's weights_only allow-list (tensors, numbers, containers): such a
+    file could run code when unpickled. Reads headers and pickle opcodes only, no tensor data."""
+    from safetensors import safe_open
+
+    for file in sorted(Path(directory).rglob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                f.keys()
+        except Exception as err:  # safetensors' own SafetensorError
+            raise CheckpointError(f"{file} is not a valid safetensors file ({err}): the checkpoint is damaged") from err
+    for file in sorted(p for p in Path(directory).rglob("*") if p.suffix in PICKLED and p.is_file()):
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(file))
+        except Exception as err:  # not a torch zip file at all
+            raise CheckpointError(f"{file} is not a torch tensor file ({err}): the checkpoint is damaged") from err
+        if unsafe:
+            raise CheckpointError(f"{file} asks to unpickle {', '.join(unsafe)}, which is not tensor data; refusing to "
+                                  "load it, as unpickling it could run code. red-rlhf never writes such files: the "
+                                  "checkpoint was altered")
+    for meta in sorted(Path(directory).rglob(".metadata")):
+        check_sharded(meta.parent)
+
+
+# What torch.distributed.checkpoint's `.metadata` pickle (FSDP's sharded state) may name besides its own dataclasses
+_DCP_GLOBALS = {("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PurePosixPath"), ("torch", "Size"),
+                ("torch.serialization", "_get_layout"), ("collections", "OrderedDict")}
+_DCP_MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem")
+
+
+class _DCPMetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        obj = super().find_class(module, name) if module.startswith(("torch", "pathlib", "collections")) else None
+        plain_class = isinstance(obj, type) and (dataclasses.is_dataclass(obj) or issubclass(obj, enum.Enum))
+        if ((module, name) in _DCP_GLOBALS or (module in _DCP_MODULES and plain_class)
+                or (module == "torch" and isinstance(obj, torch.dtype))):
+            return obj
+        raise pickle.UnpicklingError(f"Unsupported global: {module}.{name}")
+
+
+def check_sharded(directory: Path) -> None:
+    """A torch.distributed.checkpoint directory (FSDP's SHARDED_STATE_DICT): torch reads its `.metadata` with
+    pickle.load and its non-tensor items with torch.load(weights_only=False), so both are checked here first: the
+    metadata with an unpickler that knows only DCP's own dataclasses, each non-tensor item with weights_only=True."""
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+
+    meta_file = directory / ".metadata"
+    try:
+        with open(meta_file, "rb") as f:
+            meta = _DCPMetadataUnpickler(f).load()
+    except Exception as err:
+        raise CheckpointError(f"{meta_file} holds more than sharded-checkpoint metadata ({err}); refusing to load it, "
+                              "as unpickling it could run code: the checkpoint was altered or damaged") from err
+    for index, info in meta.storage_data.items():
+        if not isinstance(meta.state_dict_metadata.get(index.fqn), BytesStorageMetadata):
+            continue  # tensors: torch reads them with weights_only=True
+        item = directory / info.relative_path
+        if getattr(info, "transform_descriptors", None):
+            raise CheckpointError(f"{item}: item {index.fqn} is stored transformed (compressed); it cannot be checked")
+        with open(item, "rb") as f:
+            f.seek(info.offset)
+            blob = f.read(info.length)
+        try:
+            torch.load(io.BytesIO(blob), weights_only=True)
+        except Exception as err:
+            raise CheckpointError(f"{item}: item {index.fqn} holds pickled objects other than plain data "
+                                  f"({_reason(err)}); refusing to load it, as unpickling it "
+                                  "could run code: the checkpoint was altered") from err
+
+
+def save(out: Path, step: int, trainer_state: dict, accelerator, keep: int = 2) -> Path:
+    """Write step-{step} atomically: accelerate's state (models, optimisers; sharded under FSDP), then ours.
+
+    `trainer_state` must be JSON-serialisable (plain numbers, strings, lists, dicts).
+    """
     root = _root(out)
     final, tmp = root / f"step-{step:06d}", root / f".tmp-step-{step:06d}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    torch.save(_rng_state(), tmp / f"rng-rank{accelerator.process_index}.pt")
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    # accelerate's own RNG file is a pickle; ours (JSON + safetensors) replaces it
+    (tmp / f"random_states_{accelerator.process_index}.pkl").unlink(missing_ok=True)
+    save_rng(tmp, accelerator.process_index)
     if accelerator.is_main_process:
-        torch.save(state, tmp / "state.pt")
+        (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=1))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():
@@ -80,15 +221,31 @@ def latest(out: Path, must_exist: bool = True) -> Path | None:
             raise FileNotFoundError(f"no checkpoint to resume from in {_root(out)}")
         return None
     path = _root(out) / pointer.read_text().strip()
-    if not (path / "state.pt").is_file():
-        raise FileNotFoundError(f"checkpoint {path} named by {pointer} is missing its state.pt")
+    if (path / "state.pt").is_file() and not (path / TRAINER_STATE).is_file():
+        raise CheckpointError(f"{path} was written by red-rlhf < 0.3 as a pickle (state.pt), which this version does "
+                              "not load because unpickling can run code; start a new run or resume with the older version")
+    if not (path / TRAINER_STATE).is_file():
+        raise FileNotFoundError(f"checkpoint {path} named by {pointer} is missing its {TRAINER_STATE}")
     return path
 
 
 def load(path: Path, accelerator) -> dict:
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
-    rng = path / f"rng-rank{accelerator.process_index}.pt"
-    if not rng.is_file():
-        raise FileNotFoundError(f"{rng} is missing: resume with as many processes as the run that saved {path}")
-    _set_rng_state(torch.load(rng, weights_only=False))
-    return state
+    """Restore the prepared models and optimisers (accelerate's load_state) and this process's RNG states;
+    return trainer.json's contents. Refuses any file that would unpickle more than plain tensors."""
+    path = Path(path)
+    trainer_state = _read_json(path / TRAINER_STATE)
+    check_files(path)
+    try:
+        accelerator.load_state(str(path))  # optimiser files: torch.load(weights_only=True) with accelerate's allow-list
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{path}: a file in this checkpoint holds pickled objects other than tensors "
+                              f"({_reason(err)}); refusing to load it, as unpickling them could run code. "
+                              "red-rlhf never writes such files: the checkpoint was altered") from err
+    except FileNotFoundError as err:
+        raise CheckpointError(f"checkpoint {path} is incomplete: {err.filename or err} is missing") from err
+    except (RuntimeError, KeyError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"checkpoint {path} does not fit this run's models or optimisers ({first}): resume "
+                              "with the config that wrote it") from err
+    load_rng(path, accelerator.process_index)
+    return trainer_state

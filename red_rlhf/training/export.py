@@ -39,8 +39,10 @@ def last_eval(output_dir: Path) -> dict:
     return {k: evaluated[-1][k] for k in ("step", *EVAL_KEYS) if k in evaluated[-1]} if evaluated else {}
 
 
-def export_policy(model, tokenizer, cfg: Config, output_dir: str | Path, steps: int, hub_api=None) -> list[Path]:
+def export_policy(model, tokenizer, cfg: Config, output_dir: str | Path, steps: int, hub_api=None,
+                  state_dict: dict | None = None) -> list[Path]:
     """Save the trained policy (unwrapped; a peft model with LoRA) as standard folders; push with train.push_to_hub.
+    state_dict: the gathered weights when the model is sharded (FSDP: Accelerator.get_state_dict); None: the model's.
 
     Returns the folders written: [policy] or, with train.merge_lora, [policy, policy-merged].
     """
@@ -49,7 +51,7 @@ def export_policy(model, tokenizer, cfg: Config, output_dir: str | Path, steps: 
     gen = generation_config(model.get_base_model() if lora else model, tokenizer, cfg)
     evaluation = last_eval(out)
     folders = [out / "policy"]
-    _save(model, tokenizer, gen, folders[0], policy_card(cfg, steps, evaluation, adapters=lora))
+    _save(model, tokenizer, gen, folders[0], policy_card(cfg, steps, evaluation, adapters=lora), state_dict)
     if cfg.train.merge_lora:
         merged = copy.deepcopy(model).merge_and_unload()  # a copy: the trainer's model keeps its adapters
         folders.append(out / "policy-merged")
@@ -60,9 +62,9 @@ def export_policy(model, tokenizer, cfg: Config, output_dir: str | Path, steps: 
     return folders
 
 
-def _save(model, tokenizer, gen, folder: Path, card: str) -> None:
+def _save(model, tokenizer, gen, folder: Path, card: str, state_dict: dict | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
+    model.save_pretrained(folder, state_dict=state_dict)
     tokenizer.save_pretrained(folder)
     gen.save_pretrained(folder)
     (folder / "README.md").write_text(card, encoding="utf-8")

@@ -28,9 +28,10 @@ from red_rlhf.config import Config, ConfigError, to_dict
 from red_rlhf.core.advantages import kl_per_token, masked_mean
 from red_rlhf.core.reward_assembly import AssembledRewards, RewardSettings, SourceScores, assemble_rewards
 from red_rlhf.data.prompts import PromptOrder, train_eval_prompts
-from red_rlhf.models.build import as_reference, build_run
+from red_rlhf.models.build import as_reference, build_run, place_frozen
+from red_rlhf.models.precision import check_device
 from red_rlhf.models.sources import PrefixScores, SourceError
-from red_rlhf.training import checkpoint, tracking
+from red_rlhf.training import checkpoint, memory, tracking
 from red_rlhf.training.controllers import AdaptiveKL, multipliers, signed_coefficients
 from red_rlhf.training.export import export_policy
 from red_rlhf.training.guards import ensure_finite
@@ -70,19 +71,22 @@ class Trainer:
         self.out = Path(cfg.train.output_dir).expanduser()
         # cpu=True on machines without an accelerator: only then does accelerate join torchrun's processes (gloo)
         cpu_only = not (torch.cuda.is_available() or torch.backends.mps.is_available())
+        check_device(cfg.precision, torch.device("cpu" if cpu_only else "cuda" if torch.cuda.is_available() else "mps"))
         self.acc = accelerator or Accelerator(cpu=cpu_only, log_with=tracking.tracker_names(cfg.train) or None,
-                                              project_dir=str(self.out))
+                                              project_dir=str(self.out),
+                                              mixed_precision=cfg.precision.mixed_precision)
         set_seed(cfg.train.seed + self.acc.process_index)
         run = build_run(cfg)
         self.tokenizer, self.ref, self.sources = run.tokenizer, run.reference, run.sources
         self.reward = run.primary.reward  # what evaluation reports
         self.policy_sched, self.critic_sched = run.policy_sched, run.critic_sched
-        if run.critic is not None:
-            self.policy, self.critic, self.policy_opt, self.critic_opt = self.acc.prepare(
-                run.policy, run.critic, run.policy_opt, run.critic_opt)
-        else:
-            self.policy, self.policy_opt = self.acc.prepare(run.policy, run.policy_opt)
-            self.critic, self.critic_opt = None, None
+        self.memory = memory.estimate_for(cfg, run.policy, run.critic, [s.reward for s in run.sources], self.acc)
+        place_frozen(run, self.acc.device)
+        # one model and its optimiser per call (FSDP2 refuses two models in one call); this order names the
+        # checkpoint files: model.safetensors is the policy, model_1.safetensors the critic
+        self.policy, self.policy_opt = self.acc.prepare(run.policy, run.policy_opt)
+        self.critic, self.critic_opt = (self.acc.prepare(run.critic, run.critic_opt) if run.critic is not None
+                                        else (None, None))
         train_prompts, self.eval_prompts = train_eval_prompts(cfg.data, self.tokenizer)
         check_prompts(cfg, self.tokenizer)  # every prompt fits, named by file and line, before the first step
         self.order = PromptOrder(train_prompts, cfg.train.seed, self.acc.process_index, self.acc.num_processes)
@@ -327,15 +331,13 @@ class Trainer:
             hook(metrics)
 
     def save(self) -> None:
+        """Models and optimisers through accelerate (sharded under FSDP); the rest as JSON (checkpoint.py)."""
         state = {
             "step": self.step, "kl_coef": self.kl.coef, "prompt_order": self.order.state_dict(),
             "lagrange": {name: m.value for name, m in self.lambdas.items()},
-            "policy": checkpoint.trainable_state(self.acc.unwrap_model(self.policy)),
-            "policy_opt": self.policy_opt.state_dict(), "policy_sched": self.policy_sched.state_dict(),
+            "policy_sched": self.policy_sched.state_dict(),
+            "critic_sched": self.critic_sched.state_dict() if self.critic is not None else None,
         }
-        if self.critic is not None:
-            state.update(critic=self.acc.unwrap_model(self.critic).state_dict(), critic_opt=self.critic_opt.state_dict(),
-                         critic_sched=self.critic_sched.state_dict())
         checkpoint.save(self.out, self.step, state, self.acc, keep=self.cfg.train.keep_checkpoints)
 
     def load(self, path: Path) -> None:
@@ -347,19 +349,17 @@ class Trainer:
                                   "does not constrain; resume with the config the run was started with")
             self.lambdas[name].value = value
         self.order.load_state_dict(state["prompt_order"])
-        checkpoint.load_trainable_state(self.acc.unwrap_model(self.policy), state["policy"])
-        self.policy_opt.load_state_dict(state["policy_opt"])
         self.policy_sched.load_state_dict(state["policy_sched"])
         if self.critic is not None:
-            self.acc.unwrap_model(self.critic).load_state_dict(state["critic"])
-            self.critic_opt.load_state_dict(state["critic_opt"])
             self.critic_sched.load_state_dict(state["critic_sched"])
 
     def export(self, hub_api=None) -> None:
         """The trained policy as standard HF folders with a card (training/export.py); train.push_to_hub pushes it."""
         self.acc.wait_for_everyone()
+        weights = self.acc.get_state_dict(self.policy)  # every process takes part: it gathers FSDP shards
         if self.acc.is_main_process:
-            export_policy(self.acc.unwrap_model(self.policy), self.tokenizer, self.cfg, self.out, self.step, hub_api)
+            export_policy(self.acc.unwrap_model(self.policy), self.tokenizer, self.cfg, self.out, self.step, hub_api,
+                          state_dict=weights)
 
 
 def _print_samples(step: int, prompts, texts, scores, rows: int = 3) -> None:
