@@ -89,9 +89,12 @@ def cmd_train_rm(args: argparse.Namespace) -> None:
     from red_rlhf.models.prefix import detect_mode
     from red_rlhf.training.reward_model import (fit_reward_model, keep_first_layers, load_backbone, read_pairs,
                                                 save_reward_model)
+    from red_rlhf.training.export import push_to_hub, write_reward_model_card
 
     if not 0 <= args.held_out_fraction < 1:
         raise UserError(f"--held-out-fraction must be in [0, 1), got {args.held_out_fraction}")
+    if args.push_to_hub is not None and args.push_to_hub.count("/") != 1:
+        raise UserError(f"--push-to-hub must be a hub repo id 'user/name', got {args.push_to_hub!r}")
     pairs = read_pairs(args.data)
     generator = torch.Generator().manual_seed(args.seed)
     order = torch.randperm(len(pairs), generator=generator).tolist()
@@ -122,7 +125,12 @@ def cmd_train_rm(args: argparse.Namespace) -> None:
     result.update(train_pairs=len(train), held_out_pairs=len(held_out))
     if not held_out:  # no accuracy was measured: null in the file, not NaN
         result.update(accuracy_before=None, accuracy_after=None)
-    out = save_reward_model(model, tokenizer, out, result)
+    how = ("score head alone on frozen features" if args.head_only else f"{args.epochs} epochs, lr {args.lr:g}") + (
+        f", first {args.keep_layers} blocks kept" if args.keep_layers is not None else "")
+    write_reward_model_card(out, base=args.model, data=args.data, metrics=result, how=how)
+    out = save_reward_model(model, tokenizer, out, result)  # rm_metrics.json last: it marks a finished folder
+    if args.push_to_hub:
+        push_to_hub(out, args.push_to_hub, message="red-rlhf: Bradley-Terry reward model")
     if held_out:
         print(f"held-out pairwise accuracy: {result['accuracy_before']:.3f} before, {result['accuracy_after']:.3f} "
               f"after ({len(held_out)} pairs); model saved to {out}")
@@ -269,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("--weight-decay", type=float, default=0.03, help="--head-only: L2 penalty on the standardised head")
     rm.add_argument("--head-iterations", type=int, default=400, help="--head-only: full-batch Adam iterations")
     rm.add_argument("--seed", type=int, default=0)
+    rm.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the saved folder to this hub model repo")
     rm.set_defaults(func=cmd_train_rm)
 
     prep = sub.add_parser("prepare-data", help="build the embedded task's data from human sentiment ratings (cached)")

@@ -114,11 +114,22 @@ class RewardConfig:
 @dataclass
 class DataConfig:
     prompts: str = "toy"
-    """Training prompts: a .txt (one a line) or .jsonl (field "prompt") file, or "toy" for the built-in toy prompts."""
+    """Training prompts: a .txt (one a line) or .jsonl file, "toy" for the built-in toy prompts, or a Hugging Face
+    `datasets` source: a .parquet/.json/.csv/.arrow file, a directory (data files or a save_to_disk dataset) or a
+    hub dataset name (pip install 'red-rlhf[data]')."""
     eval_prompts: str | None = None
     """Held-out prompts for evaluation, same formats; None: the last eval_size training prompts are held out."""
     eval_size: int = 8
     """How many prompts are held out when eval_prompts is None."""
+    split: str = "train"
+    """`datasets` sources: the split of data.prompts. A single local file is one split, "train"."""
+    eval_split: str | None = None
+    """`datasets` sources: the split of data.eval_prompts; None: the same as data.split."""
+    prompt_column: str = "prompt"
+    """The column (or .jsonl field) holding prompt strings."""
+    messages_column: str | None = None
+    """A column of chat messages ([{"role", "content"}, ...]) used instead of prompt_column: each row is rendered
+    through the policy tokenizer's chat template with a generation prompt; trailing assistant turns are dropped."""
 
 
 @dataclass
@@ -219,7 +230,14 @@ class TrainConfig:
     keep_checkpoints: int = 2
     """How many step checkpoints to keep."""
     tensorboard: bool = True
-    """Also log metrics to TensorBoard through accelerate's trackers (when tensorboard is installed)."""
+    """Log to TensorBoard (when installed); false drops "tensorboard" from log_with."""
+    log_with: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """accelerate trackers to log metrics, the config and eval heatmaps to: any of "tensorboard", "wandb", "mlflow",
+    "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio"; several at once; [] logs to metrics.jsonl only."""
+    merge_lora: bool = False
+    """With LoRA: also export the adapters merged into the base weights (output_dir/policy-merged)."""
+    push_to_hub: str | None = None
+    """A hub repo id ("user/name"): push the exported policy (the merged one with merge_lora) at the end."""
 
 
 @dataclass
@@ -366,8 +384,25 @@ def validate(cfg: Config) -> Config:
     _positive("policy.lora_r", cfg.policy.lora_r, allow_zero=True)
     if cfg.policy.lora_r:
         _positive("policy.lora_alpha", cfg.policy.lora_alpha)
+    _validate_data(cfg)
+    if t.push_to_hub is not None and t.push_to_hub.count("/") != 1:
+        raise ConfigError(f"train.push_to_hub must be a hub repo id 'user/name', got {t.push_to_hub!r}")
+    if t.merge_lora and not cfg.policy.lora_r:
+        raise ConfigError("train.merge_lora merges LoRA adapters, but policy.lora_r is 0 (no adapters)")
     _validate_precision(cfg)
     return cfg
+
+
+def _validate_data(cfg: Config) -> None:
+    d = cfg.data
+    for name in ("prompts", "split", "prompt_column"):
+        if not getattr(d, name):
+            raise ConfigError(f"data.{name} is empty")
+    if d.messages_column is not None and not d.messages_column:
+        raise ConfigError("data.messages_column is empty: name the column of chat messages, or leave it null")
+    if d.messages_column and cfg.policy.chat_template:
+        raise ConfigError("data.messages_column renders each conversation through the chat template already: "
+                          "set policy.chat_template false (it would wrap the rendered text again)")
 
 
 DTYPE_NAMES = ("fp32", "bf16", "fp16")

@@ -35,7 +35,7 @@ def test_jsonl_and_eval_prompt_files_are_checked_too(tmp_path):
 
 
 def test_a_directory_and_non_utf8_prompt_files_are_named(tmp_path):
-    with pytest.raises(ConfigError, match=rf"data.prompts: {tmp_path} is a directory, not a prompt file"):
+    with pytest.raises(ConfigError, match=rf"data.prompts: {tmp_path} is a directory with no data files"):
         Trainer(toy(tmp_path, f"--data.prompts={tmp_path}"))
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("the movie was\nun caf\xe9\n".encode("latin-1"))

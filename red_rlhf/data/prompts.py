@@ -7,28 +7,47 @@ from pathlib import Path
 import torch
 
 from red_rlhf.config import ConfigError, DataConfig
+from red_rlhf.data.datasets_source import BUILDERS, column_prompts, load_rows, looks_like_path, messages_prompts
 from red_rlhf.data.jsonl import numbered_records
 
 
-def read_prompts(path: str, field: str = "data.prompts") -> list[str]:
-    """Prompts from a .txt file (one a line) or a .jsonl file (field "prompt"); "toy" gives the toy prompts."""
-    return [prompt for _, prompt in read_prompt_lines(path, field)]
+def read_prompts(path: str, field: str = "data.prompts", **source) -> list[str]:
+    """Prompts from a .txt file (one a line), a .jsonl file (string field "prompt", or `column`), "toy" (the toy
+    prompts), or a `datasets` source (see read_prompt_lines)."""
+    return [prompt for _, prompt in read_prompt_lines(path, field, **source)]
 
 
-def read_prompt_lines(path: str, field: str = "data.prompts") -> list[tuple[int, str]]:
-    """(line number, prompt) pairs of a prompt file (blank lines skipped); the toy prompts count from 1."""
+def is_datasets_source(path: str, messages_column: str | None = None) -> bool:
+    """Read through Hugging Face `datasets` (parquet/json/csv/arrow files, directories, hub names), not as lines."""
+    if path == "toy":
+        return False
+    file = Path(path).expanduser()
+    if file.is_file():
+        return file.suffix in BUILDERS and not (file.suffix == ".jsonl" and messages_column is None)
+    return file.is_dir() or not looks_like_path(path)
+
+
+def read_prompt_lines(path: str, field: str = "data.prompts", *, split: str = "train", column: str = "prompt",
+                      messages_column: str | None = None, tokenizer=None) -> list[tuple[int, str]]:
+    """(line number, prompt) pairs of a prompt file (blank lines skipped); the toy prompts count from 1.
+
+    A `datasets` source gives (row index, prompt): the strings of `column` of `split`, or the chats of
+    `messages_column` rendered with `tokenizer`'s chat template (datasets_source)."""
     if path == "toy":
         from red_rlhf.data.toy import PROMPTS
 
         return list(enumerate(PROMPTS, start=1))
     file = Path(path).expanduser()
-    if file.is_dir():
-        raise ConfigError(f"{field}: {path} is a directory, not a prompt file (.txt or .jsonl)")
+    if is_datasets_source(path, messages_column):
+        rows = load_rows(path, split, field)
+        prompts = (messages_prompts(rows, messages_column, field, tokenizer) if messages_column
+                   else column_prompts(rows, column, field, "data.prompt_column"))
+        return list(enumerate(prompts))
     if not file.is_file():
         raise ConfigError(f"{field}: prompt file {path} does not exist")
     if file.suffix == ".jsonl":
         try:
-            prompts = [(number, r["prompt"]) for number, r in numbered_records(file, ("prompt",))]
+            prompts = [(number, r[column]) for number, r in numbered_records(file, (column,))]
         except ValueError as err:
             raise ConfigError(f"{field}: {err}") from err
     else:
@@ -43,10 +62,18 @@ def read_prompt_lines(path: str, field: str = "data.prompts") -> list[tuple[int,
     return prompts
 
 
-def train_eval_prompts(cfg: DataConfig) -> tuple[list[str], list[str]]:
-    prompts = read_prompts(cfg.prompts)
+def source_options(cfg: DataConfig, tokenizer=None, eval: bool = False) -> dict:
+    """The data config's options for read_prompt_lines (split, column, chat messages) of data.prompts or
+    data.eval_prompts."""
+    return dict(split=(cfg.eval_split or cfg.split) if eval else cfg.split, column=cfg.prompt_column,
+                messages_column=cfg.messages_column, tokenizer=tokenizer)
+
+
+def train_eval_prompts(cfg: DataConfig, tokenizer=None) -> tuple[list[str], list[str]]:
+    """(training prompts, held-out prompts). The tokenizer renders a messages_column through its chat template."""
+    prompts = read_prompts(cfg.prompts, **source_options(cfg, tokenizer))
     if cfg.eval_prompts is not None:
-        return prompts, read_prompts(cfg.eval_prompts, "data.eval_prompts")
+        return prompts, read_prompts(cfg.eval_prompts, "data.eval_prompts", **source_options(cfg, tokenizer, eval=True))
     if cfg.eval_size == 0:
         return prompts, []
     if cfg.eval_size >= len(prompts):

@@ -4,7 +4,7 @@ prompt is reported by file and line at start-up, not when it is first sampled st
 from __future__ import annotations
 
 from red_rlhf.config import Config, ConfigError
-from red_rlhf.data.prompts import read_prompt_lines
+from red_rlhf.data.prompts import is_datasets_source, read_prompt_lines, source_options
 from red_rlhf.training.rollout import encode_prompts
 
 
@@ -15,14 +15,16 @@ def check_prompts(cfg: Config, tokenizer, shown: int = 5) -> None:
         files.append(("data.eval_prompts", cfg.data.eval_prompts))
     for field, path in files:
         problems = []
-        for line, prompt in read_prompt_lines(path, field):
+        options = source_options(cfg.data, tokenizer, eval=field == "data.eval_prompts")
+        unit = "row" if is_datasets_source(path, cfg.data.messages_column) else "line"  # a dataset's rows, from 0
+        for line, prompt in read_prompt_lines(path, field, **options):
             try:
                 encode_prompts(tokenizer, [prompt], max_tokens=cfg.rollout.max_prompt_tokens,
                                chat_template=cfg.policy.chat_template)
             except ValueError as err:
                 if not str(err).startswith("prompt 0 "):  # about the tokenizer, not this prompt
                     raise ConfigError(str(err)) from err
-                problems.append(f"line {line}: {str(err).replace('prompt 0 ', 'the prompt ', 1)}")
+                problems.append(f"{unit} {line}: {str(err).replace('prompt 0 ', 'the prompt ', 1)}")
         if problems:
             where = "the toy prompts" if path == "toy" else path
             more = f" (and {len(problems) - shown} more)" if len(problems) > shown else ""

@@ -31,8 +31,9 @@ from red_rlhf.data.prompts import PromptOrder, train_eval_prompts
 from red_rlhf.models.build import as_reference, build_run, place_frozen
 from red_rlhf.models.precision import check_device
 from red_rlhf.models.sources import PrefixScores, SourceError
-from red_rlhf.training import checkpoint, memory
+from red_rlhf.training import checkpoint, memory, tracking
 from red_rlhf.training.controllers import AdaptiveKL, multipliers, signed_coefficients
+from red_rlhf.training.export import export_policy
 from red_rlhf.training.guards import ensure_finite
 from red_rlhf.training.ppo import Experience, compute_advantages, update
 from red_rlhf.training.prompt_check import check_prompts
@@ -68,11 +69,11 @@ class Trainer:
 
         self.cfg = cfg
         self.out = Path(cfg.train.output_dir).expanduser()
-        trackers = "tensorboard" if cfg.train.tensorboard and _has_tensorboard() else None
         # cpu=True on machines without an accelerator: only then does accelerate join torchrun's processes (gloo)
         cpu_only = not (torch.cuda.is_available() or torch.backends.mps.is_available())
         check_device(cfg.precision, torch.device("cpu" if cpu_only else "cuda" if torch.cuda.is_available() else "mps"))
-        self.acc = accelerator or Accelerator(cpu=cpu_only, log_with=trackers, project_dir=str(self.out),
+        self.acc = accelerator or Accelerator(cpu=cpu_only, log_with=tracking.tracker_names(cfg.train) or None,
+                                              project_dir=str(self.out),
                                               mixed_precision=cfg.precision.mixed_precision)
         set_seed(cfg.train.seed + self.acc.process_index)
         run = build_run(cfg)
@@ -86,7 +87,7 @@ class Trainer:
         self.policy, self.policy_opt = self.acc.prepare(run.policy, run.policy_opt)
         self.critic, self.critic_opt = (self.acc.prepare(run.critic, run.critic_opt) if run.critic is not None
                                         else (None, None))
-        train_prompts, self.eval_prompts = train_eval_prompts(cfg.data)
+        train_prompts, self.eval_prompts = train_eval_prompts(cfg.data, self.tokenizer)
         check_prompts(cfg, self.tokenizer)  # every prompt fits, named by file and line, before the first step
         self.order = PromptOrder(train_prompts, cfg.train.seed, self.acc.process_index, self.acc.num_processes)
         self.kl = AdaptiveKL(cfg.kl.coef, cfg.kl.target if cfg.kl.adaptive else None, cfg.kl.horizon)
@@ -214,7 +215,7 @@ class Trainer:
         begin_run(self, resume)  # checks what a resume may change, sets it, one metrics row per step, history
         if self.acc.is_main_process:
             (self.out / "config.json").write_text(json.dumps(to_dict(c), indent=2))
-        self.acc.init_trackers("red-rlhf", config=_flat(to_dict(c)))
+        self.acc.init_trackers("red-rlhf", config=tracking.flat_config(to_dict(c)))
         history, show = [], None
         previous = signal.signal(signal.SIGINT, self._on_interrupt) if _main_thread() else None
         try:
@@ -284,6 +285,7 @@ class Trainer:
                 for prompt, text, score in zip(ro.prompts, texts, final):
                     f.write(json.dumps({"step": self.step, "prompt": prompt, "response": text, "score": score}) + "\n")
             _print_samples(self.step, ro.prompts, texts, final)
+        tracking.log_eval_heatmap(self, ro.prompts, texts)
         return {"eval_reward_mean": sum(final) / len(final), "eval_kl": sum(kl) / len(kl),
                 "eval_response_length": ro.response_mask.sum(-1).float().mean().item()}
 
@@ -351,14 +353,13 @@ class Trainer:
         if self.critic is not None:
             self.critic_sched.load_state_dict(state["critic_sched"])
 
-    def export(self) -> None:
-        """The trained policy (or its LoRA adapter) and tokenizer, loadable by from_pretrained."""
+    def export(self, hub_api=None) -> None:
+        """The trained policy as standard HF folders with a card (training/export.py); train.push_to_hub pushes it."""
         self.acc.wait_for_everyone()
         weights = self.acc.get_state_dict(self.policy)  # every process takes part: it gathers FSDP shards
         if self.acc.is_main_process:
-            target = self.out / "policy"
-            self.acc.unwrap_model(self.policy).save_pretrained(target, state_dict=weights)
-            self.tokenizer.save_pretrained(target)
+            export_policy(self.acc.unwrap_model(self.policy), self.tokenizer, self.cfg, self.out, self.step, hub_api,
+                          state_dict=weights)
 
 
 def _print_samples(step: int, prompts, texts, scores, rows: int = 3) -> None:
@@ -373,26 +374,8 @@ def _print_samples(step: int, prompts, texts, scores, rows: int = 3) -> None:
     Console().print(table)
 
 
-def _has_tensorboard() -> bool:
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
 
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{name}."))
-        else:
-            out[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return out
