@@ -23,7 +23,10 @@ class PlainProgress:
         return self
 
     def __exit__(self, *exc) -> None:
-        return None
+        self.stop()
+
+    def stop(self) -> None:
+        """Nothing to clear (every line is already printed); the end of the bars, as rich's Progress.stop."""
 
     def add_task(self, description: str, total: float | None = None, completed: float = 0, **fields) -> int:
         task = len(self.tasks)

@@ -71,11 +71,18 @@ def finished_bars(monkeypatch):
     """(description, completed, total) of every rich progress task when its bar stops: what the user last saw."""
     from rich.progress import Progress
 
-    seen, stop = [], Progress.stop
+    from red_rlhf.progress import PlainProgress  # what the project shows when output is not a terminal (tests)
+
+    seen, stop, plain_stop = [], Progress.stop, PlainProgress.stop
 
     def recording_stop(self):
         seen.extend((task.description, task.completed, task.total) for task in self.tasks)
         return stop(self)
 
+    def recording_plain_stop(self):
+        seen.extend((t["description"], t["completed"], t["total"]) for t in self.tasks.values())
+        return plain_stop(self)
+
     monkeypatch.setattr(Progress, "stop", recording_stop)
+    monkeypatch.setattr(PlainProgress, "stop", recording_plain_stop)
     return seen

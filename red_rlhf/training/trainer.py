@@ -228,6 +228,7 @@ class Trainer:
                 self.on_phase.append(show)
                 while self.step < c.train.steps:
                     metrics = self.train_step()
+                    bar.update(phases, completed=len(PHASES), info="step done")
                     self.step += 1
                     metrics["step"] = self.step
                     if (c.train.eval_every and self.step % c.train.eval_every == 0) or self.step == c.train.steps:
