@@ -83,3 +83,20 @@ def test_resuming_with_fewer_processes_names_the_missing_rng_file(saved, tmp_pat
     os.remove(path / "rng-rank0.json")
     with pytest.raises(CheckpointError, match="rng-rank0.json is missing: resume with as many processes"):
         Trainer(toy(tmp_path, "--train.steps=2", name="run")).load(path)
+
+
+def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
+    """A damaged latest checkpoint (a truncated weights file) is skipped, saying so, and the run resumes from the
+    previous complete checkpoint; one that was altered to run code is never skipped (the tampering test above)."""
+    Trainer(toy(tmp_path, "--train.steps=2", "--train.save_every=1", name="run")).train()
+    root = tmp_path / "run" / "checkpoints"
+    latest = checkpoint.latest(tmp_path / "run")
+    assert latest.name == "step-000002" and (root / "step-000001").is_dir()
+    weights = latest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    resumed = Trainer(toy(tmp_path, "--train.steps=3", "--train.save_every=1", name="run"))
+    history = resumed.train(resume=True)
+    out = capsys.readouterr().out
+    assert "model.safetensors is not a valid safetensors file" in out
+    assert "resuming from the previous complete checkpoint, step-000001, instead" in out
+    assert [m["step"] for m in history] == [2, 3]  # step 2 is trained again, from step 1's state

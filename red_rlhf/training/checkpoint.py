@@ -41,6 +41,10 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded safely or does not fit this run; the message names the file."""
 
 
+class DamagedCheckpointError(CheckpointError):
+    """A checkpoint file that is truncated, missing or unreadable (an earlier checkpoint may still be whole)."""
+
+
 def _root(out: Path) -> Path:
     return Path(out) / "checkpoints"
 
@@ -95,14 +99,14 @@ def _read_json(file: Path) -> dict:
     try:
         return json.loads(file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{file} is not valid JSON ({err}): the checkpoint is damaged") from err
+        raise DamagedCheckpointError(f"{file} is not valid JSON ({err}): the checkpoint is damaged") from err
 
 
 def _read_safetensors(file: Path, load_file) -> dict:
     try:
         return load_file(str(file))
     except Exception as err:  # safetensors raises its own SafetensorError on a damaged header
-        raise CheckpointError(f"{file} is not a valid safetensors file ({err}): the checkpoint is damaged") from err
+        raise DamagedCheckpointError(f"{file} is not a valid safetensors file ({err}): the checkpoint is damaged") from err
 
 
 # ---------------------------------------------------------------- save / find / load
@@ -122,12 +126,13 @@ def check_files(directory: Path) -> None:
             with safe_open(str(file), framework="pt") as f:
                 f.keys()
         except Exception as err:  # safetensors' own SafetensorError
-            raise CheckpointError(f"{file} is not a valid safetensors file ({err}): the checkpoint is damaged") from err
+            raise DamagedCheckpointError(f"{file} is not a valid safetensors file ({err}): the checkpoint is "
+                                         "damaged") from err
     for file in sorted(p for p in Path(directory).rglob("*") if p.suffix in PICKLED and p.is_file()):
         try:
             unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(file))
         except Exception as err:  # not a torch zip file at all
-            raise CheckpointError(f"{file} is not a torch tensor file ({err}): the checkpoint is damaged") from err
+            raise DamagedCheckpointError(f"{file} is not a torch tensor file ({err}): the checkpoint is damaged") from err
         if unsafe:
             raise CheckpointError(f"{file} asks to unpickle {', '.join(unsafe)}, which is not tensor data; refusing to "
                                   "load it, as unpickling it could run code. red-rlhf never writes such files: the "
@@ -224,9 +229,35 @@ def latest(out: Path, must_exist: bool = True) -> Path | None:
     if (path / "state.pt").is_file() and not (path / TRAINER_STATE).is_file():
         raise CheckpointError(f"{path} was written by red-rlhf < 0.3 as a pickle (state.pt), which this version does "
                               "not load because unpickling can run code; start a new run or resume with the older version")
+    return path  # whether its files are whole is `verify`'s question (see `usable`)
+
+
+def verify(path: Path) -> None:
+    """Read what can be checked without loading: trainer.json, every safetensors header, every pickle's opcodes."""
+    path = Path(path)
     if not (path / TRAINER_STATE).is_file():
-        raise FileNotFoundError(f"checkpoint {path} named by {pointer} is missing its {TRAINER_STATE}")
-    return path
+        raise DamagedCheckpointError(f"checkpoint {path} is incomplete: its {TRAINER_STATE} is missing")
+    _read_json(path / TRAINER_STATE)
+    check_files(path)
+
+
+def usable(out: Path) -> Path:
+    """The checkpoint to resume from: the latest, or, when its files are damaged (a truncated file, a full disk),
+    the newest earlier complete one, saying so. A checkpoint that was altered to run code is never skipped."""
+    path = latest(out)
+    try:
+        verify(path)
+        return path
+    except DamagedCheckpointError as err:
+        earlier = sorted((p for p in _root(out).glob("step-*") if p.is_dir() and p.name < path.name), reverse=True)
+        for candidate in earlier:
+            try:
+                verify(candidate)
+            except DamagedCheckpointError:
+                continue
+            print(f"{err}\nresuming from the previous complete checkpoint, {candidate.name}, instead")
+            return candidate
+        raise
 
 
 def load(path: Path, accelerator) -> dict:
@@ -242,7 +273,7 @@ def load(path: Path, accelerator) -> dict:
                               f"({_reason(err)}); refusing to load it, as unpickling them could run code. "
                               "red-rlhf never writes such files: the checkpoint was altered") from err
     except FileNotFoundError as err:
-        raise CheckpointError(f"checkpoint {path} is incomplete: {err.filename or err} is missing") from err
+        raise DamagedCheckpointError(f"checkpoint {path} is incomplete: {err.filename or err} is missing") from err
     except (RuntimeError, KeyError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"checkpoint {path} does not fit this run's models or optimisers ({first}): resume "

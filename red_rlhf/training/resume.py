@@ -188,7 +188,7 @@ def begin(trainer, resume: bool) -> None:
 
     out, cfg = trainer.out, trainer.cfg
     if resume:
-        path = checkpoint.latest(out)
+        path = checkpoint.usable(out)  # the latest, or the newest earlier whole one when the latest is damaged
         step = checkpoint_step(path)
         changes = check_resume(cfg, step)
         trainer.load(path)
