@@ -195,11 +195,6 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
         else:
             print(f"stopped; resume with: {again} --resume")
         raise SystemExit(130) from None
-    except RuntimeError as err:  # torch.save's own words for a full disk: name what was being written
-        if "unexpected pos" in str(err) or "PytorchStreamWriter" in str(err) or "file write failed" in str(err):
-            raise UserError(f"writing a checkpoint to {cfg.train.output_dir} failed ({str(err).splitlines()[0]}): is "
-                            "the disk full? The last complete checkpoint is kept; free space and --resume") from None
-        raise
     if os.environ.get("RANK", "0") == "0":  # one line, not one per data-parallel process
         print(f"done: metrics in {cfg.train.output_dir}/metrics.jsonl, policy in {cfg.train.output_dir}/policy; "
               f"curves: red-rlhf plot {cfg.train.output_dir}")

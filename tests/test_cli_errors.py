@@ -2,6 +2,7 @@
 file, line or step, exit status 2, no traceback; docs/reliability.md lists them with these tests."""
 
 import json
+from pathlib import Path
 import sys
 
 import pytest
@@ -93,18 +94,18 @@ def test_resume_with_a_changed_run_setting_names_it_and_progress_prints_plain_li
 
 
 def test_a_full_disk_during_a_checkpoint_save(tmp_path, capsys, monkeypatch):
-    import torch
+    import errno
 
-    real_save = torch.save
+    from accelerate import Accelerator
 
-    def full_disk(obj, path, *args, **kwargs):
-        if str(path).endswith("state.pt"):
-            raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 4736 vs 4624")
-        return real_save(obj, path, *args, **kwargs)
+    def full_disk(self, output_dir, **kwargs):
+        (Path(output_dir) / "model.safetensors").write_bytes(b"half")  # a partial write, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(torch, "save", full_disk)
+    monkeypatch.setattr(Accelerator, "save_state", full_disk)
     err = error_of(capsys, TRAIN + [f"--train.output_dir={tmp_path / 'run'}", "--train.steps=1"])
-    assert "writing a checkpoint to" in err and "is the disk full?" in err
+    assert "writing a checkpoint to" in err and "No space left on device" in err and "is the disk full?" in err
+    assert not list((tmp_path / "run" / "checkpoints").glob("*step-*"))  # no partial checkpoint is left behind
 
 
 def test_reward_module_with_a_syntax_error_or_only_in_the_current_directory(tmp_path, capsys, monkeypatch, no_models):

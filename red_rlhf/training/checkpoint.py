@@ -198,12 +198,18 @@ def save(out: Path, step: int, trainer_state: dict, accelerator, keep: int = 2) 
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    # accelerate's own RNG file is a pickle; ours (JSON + safetensors) replaces it
-    (tmp / f"random_states_{accelerator.process_index}.pkl").unlink(missing_ok=True)
-    save_rng(tmp, accelerator.process_index)
-    if accelerator.is_main_process:
-        (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=1))
+    try:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        # accelerate's own RNG file is a pickle; ours (JSON + safetensors) replaces it
+        (tmp / f"random_states_{accelerator.process_index}.pkl").unlink(missing_ok=True)
+        save_rng(tmp, accelerator.process_index)
+        if accelerator.is_main_process:
+            (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=1))
+    except (OSError, RuntimeError) as err:  # a full disk: OSError ENOSPC, or torch's "unexpected pos" for a pickle
+        shutil.rmtree(tmp, ignore_errors=True)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"writing a checkpoint to {tmp} failed ({first}): is the disk full? The last complete "
+                              "checkpoint is kept; free space and --resume") from err
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():
