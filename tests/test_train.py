@@ -99,10 +99,12 @@ def test_ctrl_c_saves_then_stops_and_an_unfinished_save_keeps_the_last_checkpoin
         return real_save(obj, path, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", failing_save)
-    with pytest.raises(OSError):
+    with pytest.raises(checkpoint.CheckpointError, match=r"\.tmp-step-000002 failed \(disk full\): is the disk full\? "
+                                                         "The last complete checkpoint is kept"):
         again.save()
     monkeypatch.setattr(torch, "save", real_save)
     assert checkpoint.latest(tmp_path / "int").name == "step-000001"
+    assert not list((tmp_path / "int" / "checkpoints").glob(".tmp-*"))  # the half-written save is removed
     Trainer(toy(tmp_path, "--train.steps=5", name="int")).load(checkpoint.latest(tmp_path / "int"))
     with pytest.raises(ValueError, match="already holds checkpoints"):
         Trainer(toy(tmp_path, "--train.steps=5", name="int")).train()
