@@ -202,17 +202,13 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
 
 def _output_dir(option: str, path: str) -> Path:
     """A directory the command can write into, checked (created) before anything slow runs."""
-    out = Path(path).expanduser()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{option} {path} is a file, not a directory")
+    from red_rlhf.config import ConfigError
+    from red_rlhf.models.paths import writable_dir
+
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"  # one per process: ranks probe at once
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise UserError(f"{option} {path} is not writable: {err.strerror or err}") from None
-    return out
+        return writable_dir(path, option)
+    except ConfigError as err:
+        raise UserError(str(err)) from None
 
 
 def cmd_plot(args: argparse.Namespace) -> None:

@@ -31,3 +31,23 @@ def check_model_path(name_or_path: str, what: str, needs: tuple[str, ...] = MODE
     if not any((path / name).is_file() for name in needs):
         raise ValueError(f"{what}: {name_or_path} is a directory but holds no model (none of {', '.join(needs)}); "
                          "give the directory save_pretrained wrote")
+
+
+def writable_dir(path: str | Path, what: str) -> Path:
+    """`path` as a directory this process can write into (created if missing), checked before anything slow runs.
+    Raises ConfigError naming `what` (a config field or a command-line option)."""
+    import os
+
+    from red_rlhf.config import ConfigError
+
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{what} {path} is a file, not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"  # one per process: ranks probe at once
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"{what} {path} is not writable: {err.strerror or err}") from None
+    return out

@@ -214,19 +214,10 @@ def preflight(cfg: Config, resume: bool) -> None:
     paths exist. Raises ConfigError / FileNotFoundError naming the setting."""
     from red_rlhf.config import reward_sources
     from red_rlhf.models.build import import_function
-    from red_rlhf.models.paths import check_model_path
+    from red_rlhf.models.paths import check_model_path, writable_dir
     from red_rlhf.training import checkpoint
 
-    out = Path(cfg.train.output_dir).expanduser()
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"train.output_dir {out} is a file, not a directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"  # one per process: ranks probe at once
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise ConfigError(f"train.output_dir {out} is not writable: {err.strerror or err}") from None
+    out = writable_dir(cfg.train.output_dir, "train.output_dir")
     if resume:
         check_resume(cfg, checkpoint_step(checkpoint.latest(out)))
     elif checkpoint.latest(out, must_exist=False) is not None:
