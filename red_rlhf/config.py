@@ -425,6 +425,15 @@ def _validate_precision(cfg: Config) -> None:
                           f"own base weights, in precision.policy_dtype {p.policy_dtype!r}; set both the same")
 
 
+def reward_settings(reward: RewardConfig):
+    """The reward section's numbers as the pure layer takes them (core.reward_assembly.RewardSettings)."""
+    from red_rlhf.core.reward_assembly import RewardSettings
+
+    return RewardSettings(beta_c=reward.beta_c, first_token=reward.first_token, abc_beta=reward.abc_beta,
+                          score_shift=reward.score_shift, score_scale=reward.score_scale, score_clip=reward.score_clip,
+                          missing_eos_penalty=reward.missing_eos_penalty)
+
+
 def reward_sources(cfg: Config) -> list[SourceConfig]:
     """The run's reward sources (one, named "reward", when the config uses the short form)."""
     return cfg.reward.sources

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 import torch
 
-from red_rlhf.config import ConfigError
-from red_rlhf.core.reward_assembly import RewardSettings, SourceScores, assemble_rewards
-from red_rlhf.models.build import Source
+from red_rlhf.config import ConfigError, reward_settings
+from red_rlhf.core.reward_assembly import SourceScores, assemble_rewards
+from red_rlhf.models.build import Source, score_sources
 from red_rlhf.models.build import load_sources as build_sources
-from red_rlhf.models.sources import SourceError, TokenBatch
+from red_rlhf.models.sources import TokenBatch
+from red_rlhf.training.controllers import signed_coefficients
 
 
 @dataclass
@@ -45,24 +46,16 @@ def load_sources(settings) -> list[Source]:
     return sources
 
 
-def reward_settings(reward_cfg) -> RewardSettings:
-    return RewardSettings(beta_c=reward_cfg.beta_c, first_token=reward_cfg.first_token, abc_beta=reward_cfg.abc_beta,
-                          score_shift=reward_cfg.score_shift, score_scale=reward_cfg.score_scale,
-                          score_clip=reward_cfg.score_clip, missing_eos_penalty=reward_cfg.missing_eos_penalty)
-
-
 def score_batch(sources: list[Source], reward_cfg, batch) -> ScoredBatch:
     """Token rewards (B, R) on the batch's response positions: every source scored, placed, coef-weighted, summed."""
     tokens = TokenBatch(batch.prompts, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask,
                         batch.tokenizer, plain_prompts=batch.plain_prompts)
     inputs = []
     prompt = torch.zeros(len(tokens), dtype=torch.float64)  # (B,)
-    for source in sources:
-        try:
-            scores = source.reward.score_tokens(tokens, need_attention=source.config.scheme == "abc")
-        except Exception as err:  # a model's tokenizer, a user's function: say which source failed
-            raise SourceError(f"reward source {source.name!r} failed: {err}") from err
-        coef = source.config.weight if source.config.kind == "reward" else -source.config.weight
+    scored = score_sources(sources, tokens)
+    coefs = signed_coefficients([s.config for s in sources], {})  # verl refuses Lagrangian costs: fixed weights
+    for source, coef in zip(sources, coefs):
+        scores = scored[source.name]
         inputs.append(SourceScores(source.name, scores.prompt, scores.tokens, source.config.scheme, coef,
                                    scores.attention))
         prompt += coef * scores.prompt.double().cpu()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from red_rlhf.config import Config, ConfigError, SourceConfig, reward_sources
 from red_rlhf.models.precision import attention_kwargs, enable_gradient_checkpointing, set_attention, torch_dtype
 from red_rlhf.models.prefix import max_context
-from red_rlhf.models.sources import FunctionReward, HFRewardModel, RewardSource
+from red_rlhf.models.sources import FunctionReward, HFRewardModel, PrefixScores, RewardSource, SourceError, TokenBatch
 
 
 class Critic(torch.nn.Module):
@@ -207,6 +207,18 @@ class Source:
     @property
     def name(self) -> str:
         return self.config.name
+
+
+def score_sources(sources: list[Source], batch: TokenBatch) -> dict[str, PrefixScores]:
+    """Each source's prefix scores on the batch's policy tokens (attention too for ABC sources); a failure names
+    the source."""
+    out = {}
+    for source in sources:
+        try:
+            out[source.name] = source.reward.score_tokens(batch, need_attention=source.config.scheme == "abc")
+        except Exception as err:  # a model's tokenizer, a user's function: say which source failed
+            raise SourceError(f"reward source {source.name!r} failed: {err}") from err
+    return out
 
 
 def load_sources(cfg: Config) -> list[Source]:

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import torch
 
-from red_rlhf.config import Config, ConfigError, to_dict
+from red_rlhf.config import Config, ConfigError, reward_settings, to_dict
 from red_rlhf.core.advantages import kl_per_token, masked_mean
-from red_rlhf.core.reward_assembly import AssembledRewards, RewardSettings, SourceScores, assemble_rewards
+from red_rlhf.core.reward_assembly import AssembledRewards, SourceScores, assemble_rewards
 from red_rlhf.data.prompts import PromptOrder, train_eval_prompts
-from red_rlhf.models.build import as_reference, build_run, place_frozen
+from red_rlhf.models.build import as_reference, build_run, place_frozen, score_sources
 from red_rlhf.models.precision import check_device
-from red_rlhf.models.sources import PrefixScores, SourceError
+from red_rlhf.models.sources import PrefixScores
 from red_rlhf.training import checkpoint, memory, tracking
 from red_rlhf.training.controllers import AdaptiveKL, multipliers, signed_coefficients
 from red_rlhf.training.export import export_policy
@@ -92,10 +92,7 @@ class Trainer:
         self.order = PromptOrder(train_prompts, cfg.train.seed, self.acc.process_index, self.acc.num_processes)
         self.kl = AdaptiveKL(cfg.kl.coef, cfg.kl.target if cfg.kl.adaptive else None, cfg.kl.horizon)
         self.lambdas = multipliers([s.config for s in self.sources], cfg.lagrangian)
-        self.settings = RewardSettings(beta_c=cfg.reward.beta_c, first_token=cfg.reward.first_token,
-                                       abc_beta=cfg.reward.abc_beta, score_shift=cfg.reward.score_shift,
-                                       score_scale=cfg.reward.score_scale, score_clip=cfg.reward.score_clip,
-                                       missing_eos_penalty=cfg.reward.missing_eos_penalty)
+        self.settings = reward_settings(cfg.reward)
         self.on_phase: list[Callable[[Phase], None]] = []
         self.on_step_end: list[Callable[[dict], None]] = []
         self.step = 0
@@ -159,13 +156,7 @@ class Trainer:
         """Phase 2: each source's prefix scores on the policy's tokens (one forward on the ids where the reward
         model reads them as they are; else decoded once and aligned by characters)."""
         batch = ro.token_batch(self.tokenizer, plain_prompts=not self.cfg.policy.chat_template)
-        out = {}
-        for source in self.sources if sources is None else sources:
-            try:
-                out[source.name] = source.reward.score_tokens(batch, need_attention=source.config.scheme == "abc")
-            except Exception as err:  # a model's tokenizer, a user's function: say which source failed
-                raise SourceError(f"reward source {source.name!r} failed: {err}") from err
-        return out
+        return score_sources(self.sources if sources is None else sources, batch)
 
     def assemble(self, ro: Rollout, scores: dict[str, PrefixScores], kl: torch.Tensor | None) -> AssembledRewards:
         """Phase 3: the per-token rewards the estimator sees, from every source's scores (`assemble_rewards`),
