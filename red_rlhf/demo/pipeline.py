@@ -73,8 +73,9 @@ def reward_model_dir(s: DemoSettings, data: Path, cache: Path) -> tuple[Path, di
     return save_reward_model(model, tok, out, metrics), metrics
 
 
-def train_config(s: DemoSettings, data: Path, policy: str, rm: Path, out: Path) -> Config:
-    """configs/demo.yaml, with this demo's paths and seed, and the settings given on the command line."""
+def train_config(s: DemoSettings, data: Path, policy: str, rm: Path, out: Path, extra: tuple[str, ...] = ()) -> Config:
+    """configs/demo.yaml, with this demo's paths and seed, the settings given on the command line, then `extra`
+    overrides ("--section.key=value", as on `red-rlhf train`'s command line; bench/bench_learning.py uses them)."""
     overrides = [f"--policy.name_or_path={policy}", f"--reward.model={rm}", f"--data.prompts={data / 'prompts_train.txt'}",
                  f"--train.output_dir={out / 'train'}", f"--train.seed={s.seed if s.rl_seed is None else s.rl_seed}"]
     given = {"reward.scheme": s.reward_scheme, "train.steps": s.steps, "algo.policy_lr": s.policy_lr,
@@ -86,7 +87,7 @@ def train_config(s: DemoSettings, data: Path, policy: str, rm: Path, out: Path) 
         overrides += ["--policy.lora_r=0", "--algo.critic_init=policy", "--algo.critic_lr=1e-3"]
     elif s.policy != s.rm_backbone:  # the critic copies the reward model's trunk only when both read the same tokens
         overrides.append("--algo.critic_init=policy")
-    return load_config("demo", overrides)
+    return load_config("demo", overrides + list(extra))
 
 
 def run_demo(s: DemoSettings) -> Path:
