@@ -28,7 +28,7 @@ def test_at_kl_interpolates_inside_the_trace_and_never_extrapolates():
     assert at_kl(kls, scores, 2.0) == pytest.approx(2.0)
     assert at_kl(kls, scores, 4.0) == pytest.approx(3.0)
     assert at_kl(kls, scores, 7.0) == pytest.approx(4.5)  # first crossing (4 -> 10), not the dip (10 -> 8)
-    assert at_kl(kls, scores, 14.0) == pytest.approx(5.5)  # 8 -> 20, half-way
+    assert at_kl(kls, scores, 14.0) == pytest.approx(6.0)  # 8 -> 20, half-way
     assert at_kl(kls, scores, 25.0) is None
 
 
