@@ -275,6 +275,16 @@ def schedule(cfg: Config):
     return lambda step: max(0.0, 1.0 - step / cfg.train.steps)
 
 
+def adamw(params, lr: float, eps: float = 1e-5) -> torch.optim.AdamW:
+    """AdamW with torch's fused kernel where it has one for the parameters (plain float tensors on CPU or CUDA):
+    the same update as the per-tensor loop, several times faster on small models (bench/bench_trl.py). Parameters
+    that are not plain tensors (FSDP's DTensor shards) keep torch's default implementation."""
+    params = list(params)
+    fused = bool(params) and all(type(p) in (torch.Tensor, torch.nn.Parameter) and p.is_floating_point()
+                                 and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(params, lr=lr, eps=eps, fused=fused or None)
+
+
 def build_run(cfg: Config) -> Run:
     """Policy and tokenizer, reward sources, critic, LoRA, reference, AdamW optimisers and LR schedulers."""
     policy, tokenizer = load_policy(cfg)
@@ -286,8 +296,8 @@ def build_run(cfg: Config) -> Run:
     reference = reference_model(policy, cfg)
     apply_precision(cfg, policy, critic, [s.reward for s in sources])
     params = [p for p in policy.parameters() if p.requires_grad]
-    policy_opt = torch.optim.AdamW(params, lr=cfg.algo.policy_lr, eps=1e-5)
-    critic_opt = torch.optim.AdamW(critic.parameters(), lr=cfg.algo.critic_lr, eps=1e-5) if critic else None
+    policy_opt = adamw(params, lr=cfg.algo.policy_lr)
+    critic_opt = adamw(critic.parameters(), lr=cfg.algo.critic_lr) if critic else None
     policy_sched = torch.optim.lr_scheduler.LambdaLR(policy_opt, schedule(cfg))
     critic_sched = torch.optim.lr_scheduler.LambdaLR(critic_opt, schedule(cfg)) if critic else None
     return Run(policy, tokenizer, reference, critic, sources, policy_opt, critic_opt, policy_sched, critic_sched)
