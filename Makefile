@@ -55,7 +55,8 @@ bench-trl: $(STAMP)
 	$(BIN)/python bench/bench_trl.py
 
 bench-learning: $(STAMP)
-	$(BIN)/python bench/bench_learning.py
+	$(BIN)/python bench/bench_learning.py run --workers 2
+	$(BIN)/python bench/bench_learning.py report
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,6 +1,6 @@
 """Does RED learn faster? The learning study on the embedded demo task: RED vs sparse vs ABC token rewards.
 
-Run from the repository root after `make demo` (it reuses the demo's cache: data, SmolLM2, reward model):
+Run from the repository root (it uses the demo's cache, data, SmolLM2 and reward model, and makes it if missing):
 
     .venv/bin/python bench/bench_learning.py run --workers 2          # every planned run not yet in the results
     .venv/bin/python bench/bench_learning.py run --groups main --seeds 0,1
@@ -106,12 +106,23 @@ def evaluate(trainer, prompts: list[str]) -> dict:
             "ended_with_eos": ro.ended.float().mean().item(), "seconds": time.perf_counter() - begin}
 
 
-def train_run(spec: RunSpec, cache_dir: str, work: Path, eval_every: int, eval_prompts: int) -> dict:
-    from red_rlhf.data.prompts import read_prompts
+def demo_cache(cache_dir: str) -> tuple[Path, str, Path]:
+    """The demo's data, converted SmolLM2 and reward model (seed 0): made once, as `red-rlhf demo` makes them."""
     from red_rlhf.data.sentiment import prepare
     from red_rlhf.demo import DemoSettings
-    from red_rlhf.demo.pipeline import reward_model_dir, train_config
+    from red_rlhf.demo.pipeline import reward_model_dir
     from red_rlhf.models.packaged import smollm2_instruct
+
+    cache = Path(cache_dir).expanduser()
+    data = prepare(cache, seed=DemoSettings.seed)
+    rm, _ = reward_model_dir(DemoSettings(cache_dir=cache_dir), data, cache)
+    return data, str(smollm2_instruct(cache)), rm
+
+
+def train_run(spec: RunSpec, cache_dir: str, work: Path, eval_every: int, eval_prompts: int) -> dict:
+    from red_rlhf.data.prompts import read_prompts
+    from red_rlhf.demo import DemoSettings
+    from red_rlhf.demo.pipeline import train_config
     from red_rlhf.training.trainer import Trainer
 
     wall, cpu = time.perf_counter(), time.process_time()
@@ -119,10 +130,8 @@ def train_run(spec: RunSpec, cache_dir: str, work: Path, eval_every: int, eval_p
     shutil.rmtree(out, ignore_errors=True)  # an interrupted run starts over
     s = DemoSettings(cache_dir=cache_dir, output_dir=str(out), reward_scheme=spec.scheme, steps=spec.steps,
                      rl_seed=spec.seed)
-    cache = Path(cache_dir).expanduser()
-    data = prepare(cache, seed=s.seed)
-    rm, _ = reward_model_dir(s, data, cache)
-    cfg = train_config(s, data, str(smollm2_instruct(cache)), rm, out, extra=spec.overrides())
+    data, policy, rm = demo_cache(cache_dir)
+    cfg = train_config(s, data, policy, rm, out, extra=spec.overrides())
     trainer = Trainer(cfg)
     prompts = read_prompts(str(data / "prompts_eval.txt"), "demo eval prompts")[:eval_prompts]
     evals = [evaluate(trainer, prompts)]
@@ -185,6 +194,8 @@ def run(args: argparse.Namespace) -> None:
             if s.name not in {r["name"] for r in read_results(results)}]
     print(f"{len(todo)} runs to do: {', '.join(s.name for s in todo)}", flush=True)
     shutil.rmtree(Path(args.work) / "claims", ignore_errors=True)  # claims of a stopped study are stale
+    if todo:
+        demo_cache(args.cache_dir)  # once, before workers would race to make it
     if args.workers == 1:
         return worker(args)
     begin = time.perf_counter()

@@ -230,6 +230,14 @@ def report(runs: list[dict], folder: Path) -> dict:
                 entry["paired_last_step"][f"{name} - red"] = paired(groups, name, "red")
         summary["lengths"][length] = entry
         _print_length(length, groups, entry)
+    for length, entry in summary["lengths"].items():  # one line per comparison a script can read
+        for name, diff in entry["paired_last_step"].items():
+            if diff:
+                label = name if " - " in name else f"{name} - sparse"
+                mean, lo, hi = diff["rm_score"]["interval"]
+                kl = diff["kl"]["interval"]
+                print(f"learning: {length} tokens, {label}: reward-model score {mean:+.3f} [{lo:+.3f}, {hi:+.3f}], "
+                      f"KL {kl[0]:+.2f} [{kl[1]:+.2f}, {kl[2]:+.2f}] at the last step ({len(diff['seeds'])} seeds)")
     paths = plot(groups_by_length, folder)
     (folder / "summary.json").write_text(json.dumps(summary, indent=1, default=_plain))
     print(f"\n{len(runs)} runs, {summary['hours']:.1f} run-hours; plots: {', '.join(str(p) for p in paths)}")

@@ -7,7 +7,9 @@ What it counts, per process:
     gradients    one per trainable parameter, in the parameter's dtype (policy and critic)
     AdamW        two states (exp_avg, exp_avg_sq) per trainable parameter, in the parameter's dtype
     logits       rollout: batch x (prompt + response) x vocab in fp32, kept twice (logits, log-softmax);
-                 update: one micro-batch of the same, three times (logits, fp32 copy, log-softmax and its gradient)
+                 update: one micro-batch of the same, three times (logits, fp32 copy, log-softmax and its gradient);
+                 an upper bound: models that take `logits_to_keep` (HF causal LMs) make logits for response + 1
+                 positions only (training.rollout.response_logits)
 Not counted: other activations (they grow with micro-batch x sequence x hidden x layers; gradient checkpointing
 keeps one layer's worth plus each layer's input), the KV cache of generation, CUDA context and allocator slack
 (budget 1-3 GB), framework buffers.
