@@ -153,11 +153,7 @@ def plot(groups_by_length: dict[int, dict], folder: Path) -> list[Path]:
                 row[col].plot(steps, mean, lw=2.5, label=f"{name} ({len(seeds)} seeds)", **style)
                 row[col].set_title(f"{length} new tokens: held-out {title}")
                 row[col].set_xlabel("PPO step")
-        for ax in row:
-            ax.grid(alpha=0.3)
-        row[0].legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(_save(fig, folder / "score_vs_step.png", plt))
+    paths.append(_finish(fig, axes, folder / "score_vs_step.png", plt))
     # 2. held-out score vs KL: each run's trace (the frontier)
     fig, axes = plt.subplots(len(lengths), 2, figsize=(11, 4 * len(lengths)), squeeze=False)
     for row, length in zip(axes, lengths):
@@ -168,11 +164,7 @@ def plot(groups_by_length: dict[int, dict], folder: Path) -> list[Path]:
                     row[col].plot(*trace(r, key), marker="o", ms=3, alpha=0.6, label=name if i == 0 else None, **style)
                 row[col].set_title(f"{length} new tokens: held-out {dict(MEASURES)[key]} vs KL (each run)")
                 row[col].set_xlabel("KL to the reference (nats per response)")
-        for ax in row:
-            ax.grid(alpha=0.3)
-        row[0].legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(_save(fig, folder / "score_vs_kl.png", plt))
+    paths.append(_finish(fig, axes, folder / "score_vs_kl.png", plt))
     # 3. per-seed paired differences at the last step: each setting minus sparse (same seed)
     fig, axes = plt.subplots(len(lengths), 3, figsize=(15, 3.6 * len(lengths)), squeeze=False)
     for row, length in zip(axes, lengths):
@@ -194,7 +186,6 @@ def plot(groups_by_length: dict[int, dict], folder: Path) -> list[Path]:
             row[col].set_xticks(range(len(others)), [f"{n}\n- sparse" for n in others], fontsize=8)
             row[col].set_title(f"{length} new tokens: {title}, paired, last step")
             row[col].grid(alpha=0.3)
-    fig.tight_layout()
     paths.append(_save(fig, folder / "paired_differences.png", plt))
     return paths
 
@@ -204,7 +195,17 @@ def _style(name: str) -> dict:
     return {"color": COLOURS.get(scheme, "black"), "ls": "-" if name == scheme else "--"}
 
 
+def _finish(fig, axes, path: Path, plt) -> Path:
+    """Grid on every panel, a legend on each row's first, then save."""
+    for row in axes:
+        for ax in row:
+            ax.grid(alpha=0.3)
+        row[0].legend(fontsize=8)
+    return _save(fig, path, plt)
+
+
 def _save(fig, path: Path, plt) -> Path:
+    fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
@@ -251,6 +252,13 @@ def _print_length(length: int, groups, entry) -> None:
     for name, table in entry["equal_steps"].items():
         last = table["by_step"][max(table["by_step"])]
         print(f"| {name} | {len(table['seeds'])} | " + " | ".join(fmt(*last[k]) for k, _ in MEASURES) + " |")
+    for key in ("rm_score", "kl"):
+        steps = sorted({step for table in entry["equal_steps"].values() for step in table["by_step"]})
+        print(f"\nHeld-out {dict(MEASURES)[key]} by step, mean over seeds:\n")
+        print("| setting | " + " | ".join(f"step {s}" for s in steps) + " |\n|---|" + "---:|" * len(steps))
+        for name, table in entry["equal_steps"].items():
+            cells = [f"{table['by_step'][s][key][0]:.2f}" if s in table["by_step"] else "" for s in steps]
+            print(f"| {name} | " + " | ".join(cells) + " |")
     print("\nPaired differences at the last step (same seed), 95% t-interval:\n")
     print("| difference | seeds | reward-model score | judge | KL |\n|---|---|---|---|---|")
     for name, diff in entry["paired_last_step"].items():
