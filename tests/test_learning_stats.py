@@ -45,3 +45,42 @@ def test_bootstrap_counts_missing_draws_and_brackets_the_mean():
     assert share == 1.0 and lo < 4.5 < hi
     share, _, _ = bootstrap([values], lambda xs: None if 9.0 not in xs else 1.0, draws=500)
     assert 0.5 < share < 0.8  # P(9 drawn at least once in 10) = 1 - 0.9^10 = 0.65
+
+
+def test_the_plan_runs_every_scheme_of_a_seed_before_the_next_seed_and_names_each_run_once():
+    from bench_learning import plan
+
+    runs = plan(["main", "knobs", "long"], None, 40)
+    names = [r.name for r in runs]
+    assert len(names) == len(set(names)) == 15 + 6 + 10
+    assert [(r.scheme, r.seed) for r in runs[:6]] == [("red", 0), ("sparse", 0), ("abc", 0), ("red", 1), ("sparse", 1), ("abc", 1)]
+    assert {r.max_new_tokens for r in runs if r.group == "long"} == {64}
+    assert {(r.beta_c, r.first_token) for r in runs if r.group == "knobs"} == {(0.5, "difference"), (1.0, "zero")}
+    assert "--reward.beta_c=0.5" in runs[15].overrides()
+
+
+def _run(scheme: str, seed: int, scores: list[float], kls: list[float]) -> dict:
+    evals = [{"step": 8 * i, "rm_score": s, "judge": s / 10, "kl": k} for i, (s, k) in enumerate(zip(scores, kls))]
+    return {"scheme": scheme, "seed": seed, "max_new_tokens": 24, "beta_c": 1.0, "first_token": "difference",
+            "kl_coef": 0.05, "evals": evals, "wall_s": 60.0}
+
+
+def test_report_pairs_by_seed_and_reads_scores_at_matched_kl(tmp_path):
+    from learning_report import report
+
+    runs = []
+    for seed, offset in enumerate((0.0, 0.5, 1.0)):
+        runs.append(_run("red", seed, [offset, offset + 2, offset + 4], [0.0, 4.0, 8.0]))
+        runs.append(_run("sparse", seed, [offset, offset + 1, offset + 2], [0.0, 4.0, 8.0]))
+    summary = report(runs, tmp_path)
+    entry = summary["lengths"][24]
+    diff = entry["paired_last_step"]["red"]
+    assert diff["rm_score"]["per_seed"] == pytest.approx([2.0, 2.0, 2.0])  # the seed offsets cancel in pairs
+    assert diff["rm_score"]["interval"] == pytest.approx((2.0, 2.0, 2.0))
+    at_6 = entry["equal_kl"]["rm_score"][6]
+    assert at_6["red"]["interval"][0] == pytest.approx(0.5 + 3.0)  # mean offset 0.5, half-way from +2 to +4
+    assert at_6["red - sparse"]["interval"][0] == pytest.approx(1.5)
+    # sparse ends at mean 2.5; RED's mean curve (0.5, 2.5, 4.5) reaches it at step 8
+    assert entry["steps_to_match"]["rm_score"]["steps"] == pytest.approx(8.0)
+    assert {p.name for p in tmp_path.iterdir()} >= {"score_vs_step.png", "score_vs_kl.png", "paired_differences.png",
+                                                     "summary.json"}
