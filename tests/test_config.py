@@ -39,10 +39,20 @@ def test_the_shipped_configs_load():
         (["--reward.model=some/rm"], "exactly one of reward.model"),
         (["--rollout.temperature=0"], "rollout.temperature must be > 0"),
         (["algo.epochs"], "must look like --section.key=value"),
+        (["--train.output_dir="], "train.output_dir is empty"),
+        (["--train.output_dir=  "], "train.output_dir is empty"),
+        (["--data.prompts="], "data.prompts is empty"),
+        (["--algo.entropy_coef=-0.1"], "algo.entropy_coef must be >= 0"),
+        (["--algo.target_kl=0"], "algo.target_kl must be > 0"),
+        (["--algo.value_clip_range=-1"], "algo.value_clip_range must be > 0"),
+        (["--algo.clip_range=3"], "algo.clip_range must be <= 1.0"),
+        (["--reward.missing_eos_penalty=-1"], "reward.missing_eos_penalty must be >= 0"),
+        (["--kl.coef=-0.1"], "kl.coef must be >= 0"),
+        (["--policy.lora_r=-2"], "policy.lora_r must be >= 0"),
     ],
 )
 def test_clear_errors(overrides, message):
-    with pytest.raises(ConfigError, match=None) as err:
+    with pytest.raises(ConfigError) as err:
         load_config(None, TOY + overrides)
     assert message in str(err.value)
 
@@ -92,27 +102,6 @@ def test_non_finite_source_settings_name_the_source(tmp_path):
                     "algo:\n  critic_init: policy\n")
     with pytest.raises(ConfigError, match=r"reward.sources\[1\].weight must be a finite number, got inf"):
         load_config(str(path))
-
-
-@pytest.mark.parametrize(
-    "overrides, message",
-    [
-        (["--train.output_dir="], "train.output_dir is empty"),
-        (["--train.output_dir=  "], "train.output_dir is empty"),
-        (["--data.prompts="], "data.prompts is empty"),
-        (["--algo.entropy_coef=-0.1"], "algo.entropy_coef must be >= 0"),
-        (["--algo.target_kl=0"], "algo.target_kl must be > 0"),
-        (["--algo.value_clip_range=-1"], "algo.value_clip_range must be > 0"),
-        (["--algo.clip_range=3"], "algo.clip_range must be <= 1.0"),
-        (["--reward.missing_eos_penalty=-1"], "reward.missing_eos_penalty must be >= 0"),
-        (["--kl.coef=-0.1"], "kl.coef must be >= 0"),
-        (["--policy.lora_r=-2"], "policy.lora_r must be >= 0"),
-    ],
-)
-def test_range_errors_name_the_field(overrides, message):
-    with pytest.raises(ConfigError) as err:
-        load_config(None, TOY + overrides)
-    assert message in str(err.value)
 
 
 def test_a_limit_on_a_reward_source_is_an_error(tmp_path):
