@@ -174,8 +174,9 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     claims = Path(args.work) / "claims"
     claims.mkdir(parents=True, exist_ok=True)
+    finished = {r["name"] for r in read_results(Path(args.results))}  # later ones are claimed by their worker
     for spec in plan(args.groups.split(","), _seeds(args.seeds), args.steps):
-        if spec.name in {r["name"] for r in read_results(Path(args.results))}:
+        if spec.name in finished:
             continue
         try:
             os.close(os.open(claims / spec.name, os.O_CREAT | os.O_EXCL))

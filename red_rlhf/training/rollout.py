@@ -7,6 +7,7 @@ tokenizer whose pad id equals its EOS id keeps the real EOS.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass, fields
 
@@ -120,7 +121,13 @@ def _takes_logits_to_keep(model) -> bool:
     """Whether the model under its wrappers (DDP's .module, PEFT's base model) has a `logits_to_keep` argument."""
     inner = getattr(model, "module", model)
     inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
-    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+    return _forward_takes_logits_to_keep(type(inner))
+
+
+@functools.cache
+def _forward_takes_logits_to_keep(cls: type) -> bool:
+    """Read once per model class: response_logits runs in every rollout and micro-batch."""
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
