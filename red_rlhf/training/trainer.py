@@ -26,6 +26,7 @@ import torch
 
 from red_rlhf.config import Config, ConfigError, reward_settings, to_dict
 from red_rlhf.core.advantages import kl_per_token, masked_mean
+from red_rlhf.core.losses import entropy_from_logits
 from red_rlhf.core.reward_assembly import AssembledRewards, SourceScores, assemble_rewards
 from red_rlhf.data.prompts import PromptOrder, train_eval_prompts
 from red_rlhf.models.build import as_reference, build_run, place_frozen, score_sources
@@ -35,7 +36,7 @@ from red_rlhf.training import checkpoint, memory, tracking
 from red_rlhf.training.controllers import AdaptiveKL, multipliers, signed_coefficients
 from red_rlhf.training.export import export_policy
 from red_rlhf.training.guards import ensure_finite
-from red_rlhf.training.ppo import Experience, compute_advantages, update
+from red_rlhf.training.ppo import Experience, FirstPass, compute_advantages, first_step_reuses_rollout, update
 from red_rlhf.training.prompt_check import check_prompts
 from red_rlhf.training.resume import begin as begin_run
 from red_rlhf.training.rollout import Rollout, encode_prompts, response_logits, sample, token_logprobs
@@ -102,8 +103,10 @@ class Trainer:
 
     def train_step(self) -> dict[str, float]:
         c, seconds = self.cfg, {}
-        with self._phase(ROLLOUT, seconds):
-            ro = self.rollout(self.order.next_batch(c.rollout.batch_size), seconds=seconds)
+        with self._phase(ROLLOUT, seconds):  # with graphs kept for the update's first step where it can use them
+            keep = first_step_reuses_rollout(c, self.acc.num_processes)
+            ro, first_pass = self.rollout_passes(self.order.next_batch(c.rollout.batch_size), seconds=seconds,
+                                                 keep_graphs=keep)
         with self._phase(SCORE, seconds):
             scores = self.score(ro)
         with self._phase(REWARDS, seconds):
@@ -115,7 +118,8 @@ class Trainer:
         with self._phase(UPDATE, seconds):
             stats = update(c, exp, self.policy, self.critic, self.policy_opt, self.critic_opt,
                            backward=self.acc.backward, clip_grad=self.acc.clip_grad_norm_, reduce=self._sum,
-                           generator=torch.Generator().manual_seed(c.train.seed * 7919 + self.step), step=self.step + 1)
+                           generator=torch.Generator().manual_seed(c.train.seed * 7919 + self.step), step=self.step + 1,
+                           first_pass=first_pass)
             self.policy_sched.step()
             if self.critic_sched:
                 self.critic_sched.step()
@@ -127,9 +131,15 @@ class Trainer:
         metrics["time_s"] = sum(seconds[p.metric] for p in PHASES)
         return metrics
 
-    @torch.no_grad()
     def rollout(self, prompts: list[str], samples_per_prompt: int | None = None, seconds: dict | None = None) -> Rollout:
         """Phase 1: k samples of each prompt (adjacent rows), their log-probs under policy and reference, values."""
+        return self.rollout_passes(prompts, samples_per_prompt, seconds)[0]
+
+    @torch.no_grad()
+    def rollout_passes(self, prompts: list[str], samples_per_prompt: int | None = None, seconds: dict | None = None,
+                       keep_graphs: bool = False) -> tuple[Rollout, FirstPass | None]:
+        """`rollout`, and with keep_graphs the policy's and critic's passes run through the prepared models with
+        autograd on and come back as a FirstPass for the update's first step (`first_step_reuses_rollout`)."""
         c = self.cfg
         k = c.rollout.samples_per_prompt if samples_per_prompt is None else samples_per_prompt
         prompts = [p for p in prompts for _ in range(k)]
@@ -145,12 +155,23 @@ class Trainer:
         ro = Rollout(prompts, ids, mask, response, response_mask, ended, torch.empty(0), torch.empty(0))
         seq, seq_mask, pos = ro.sequences()
         start = ids.shape[1]
-        ro.logprobs = token_logprobs(response_logits(policy, seq, seq_mask, pos, start, c.rollout.temperature), response)
+        first_pass = None
+        if keep_graphs:
+            with torch.enable_grad():
+                logits = response_logits(self.policy, seq, seq_mask, pos, start, c.rollout.temperature)
+                logprobs = token_logprobs(logits, response)
+                entropy = entropy_from_logits(logits if c.algo.entropy_coef else logits.detach())
+                values = None if self.critic is None else self.critic(seq, seq_mask, pos)[:, start - 1: -1]
+            first_pass = FirstPass(logprobs, entropy, values)
+            ro.logprobs = logprobs.detach()
+            ro.values = None if values is None else values.detach()
+        else:
+            ro.logprobs = token_logprobs(response_logits(policy, seq, seq_mask, pos, start, c.rollout.temperature), response)
+            if self.critic is not None:
+                ro.values = self.acc.unwrap_model(self.critic)(seq, seq_mask, pos)[:, start - 1: -1]
         with as_reference(policy, self.ref) as ref:
             ro.ref_logprobs = token_logprobs(response_logits(ref, seq, seq_mask, pos, start, c.rollout.temperature), response)
-        if self.critic is not None:
-            ro.values = self.acc.unwrap_model(self.critic)(seq, seq_mask, pos)[:, start - 1: -1]
-        return ro
+        return ro, first_pass
 
     def score(self, ro: Rollout, sources=None) -> dict[str, PrefixScores]:
         """Phase 2: each source's prefix scores on the policy's tokens (one forward on the ids where the reward
