@@ -29,6 +29,12 @@ SMALL = dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=4, num_a
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 
 
+LAYOUTS = {  # the update's batch layout
+    "accum": lambda batch: (f"--algo.mini_batch_size={batch // 2}", "--algo.grad_accum=2"),  # 2 x 2 micro-batches
+    "whole": lambda batch: (f"--algo.mini_batch_size={batch}", "--algo.grad_accum=1"),  # first step on the rollout's passes
+}
+
+
 def llama(tok, shape: dict, seed: int = 0, device: str = "cpu"):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -66,7 +72,7 @@ def trainer_run(out: Path, policy_dir: Path, reward_dir: Path, args) -> dict:
         "--algo.critic_init=policy", "--data.prompts=toy", "--data.eval_size=0", f"--train.steps={args.steps}",
         "--train.save_every=0", "--train.tensorboard=false", f"--train.output_dir={out / 'run'}",
         f"--rollout.batch_size={args.batch}", f"--rollout.max_new_tokens={args.new_tokens}", "--algo.epochs=2",
-        f"--algo.mini_batch_size={args.batch // 2}", "--algo.grad_accum=2",
+        *LAYOUTS[args.layout](args.batch),
         f"--precision.policy_dtype={args.trained_dtype}", "--precision.reference_dtype=bf16",
         f"--precision.critic_dtype={args.trained_dtype}",
         "--precision.reward_dtype=bf16", "--precision.mixed_precision=bf16", "--precision.gradient_checkpointing=true",
@@ -93,7 +99,7 @@ def trainer_run(out: Path, policy_dir: Path, reward_dir: Path, args) -> dict:
     peak = torch.cuda.max_memory_allocated() if cuda else None
     steady = history[1:] or history  # the first step includes CUDA warm-up
     result = {
-        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "device": torch.cuda.get_device_name() if cuda else "cpu", "layout": args.layout,
         "estimate_gb": trainer.memory.total / 1e9, "max_memory_allocated_gb": peak / 1e9 if peak else None,
         "build_s": build_s, "seconds_per_step": sum(m["time_s"] for m in steady) / len(steady),
         "first_step_s": history[0]["time_s"], "save_s": saves[-1] if saves else None,
@@ -193,6 +199,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default="runs/gpu_check")
     ap.add_argument("--trained-dtype", default="bf16", choices=("bf16", "fp32"),
                     help="precision.policy_dtype and critic_dtype (bf16 autocast either way)")
+    ap.add_argument("--layout", default="accum", choices=tuple(LAYOUTS),
+                    help="accum: 2 mini-batches of 2 micro-batches an epoch; whole: one mini-batch in one micro-batch, "
+                         "so the first optimiser step trains on the rollout's own passes (ppo.first_step_reuses_rollout)")
     ap.add_argument("--resume-check", action="store_true", help="then resume from the last checkpoint, one more step")
     args = ap.parse_args(argv)
     if not args.tiny and not torch.cuda.is_available():

@@ -90,7 +90,8 @@ def test_first_step_on_the_rollouts_passes_equals_recomputing_them(tmp_path, ext
     with torch.no_grad():  # the plain rollout's numbers: separate no-grad passes
         plain = token_logprobs(response_logits(trainer.policy, seq, mask, pos, ro.prompt_ids.shape[1], 1.0), ro.response_ids)
     torch.testing.assert_close(ro.logprobs, plain, rtol=0, atol=1e-5)
-    rewards = torch.where(ro.response_mask, torch.randn(ro.response_mask.shape, generator=torch.Generator().manual_seed(1)), 0)
+    noise = torch.randn(ro.response_mask.shape, generator=torch.Generator().manual_seed(1)).to(ro.response_mask.device)
+    rewards = torch.where(ro.response_mask, noise, 0)
     exp = compute_advantages(cfg, ro, rewards)
 
     def one_step(first_pass):  # one SGD step (epochs 1, one mini-batch): the parameters move by the gradients
