@@ -79,7 +79,7 @@ def test_fused_adamw_takes_the_same_steps_as_the_per_tensor_loop():
                          ids=["ppo", "ppo-entropy-bonus", "rloo"])
 def test_first_step_on_the_rollouts_passes_equals_recomputing_them(tmp_path, extra):
     cfg = toy(tmp_path, "--algo.mini_batch_size=16", "--algo.epochs=1", *extra)
-    assert first_step_reuses_rollout(cfg, num_processes=1)
+    assert first_step_reuses_rollout(cfg, distributed=False)
     trainer = Trainer(cfg)
     start = {"policy": _weights(trainer.policy), "critic": _weights(trainer.critic)}
     torch.manual_seed(0)
@@ -118,11 +118,13 @@ def test_first_step_on_the_rollouts_passes_equals_recomputing_them(tmp_path, ext
 
 def test_the_first_step_reuses_the_rollout_only_where_it_covers_the_whole_batch(tmp_path):
     whole = toy(tmp_path, "--algo.mini_batch_size=16")
-    assert first_step_reuses_rollout(whole, 1)
-    assert not first_step_reuses_rollout(whole, 2)  # engines pair their own forward and backward
-    assert not first_step_reuses_rollout(toy(tmp_path, "--algo.mini_batch_size=8"), 1)  # configs/toy.yaml: 2 mini-batches
-    assert not first_step_reuses_rollout(toy(tmp_path, "--algo.mini_batch_size=16", "--algo.grad_accum=2"), 1)
-    history = Trainer(toy(tmp_path, "--algo.mini_batch_size=16", "--train.steps=2", name="reuse")).train()
+    assert first_step_reuses_rollout(whole, distributed=False)
+    assert not first_step_reuses_rollout(whole, distributed=True)  # engines pair their own forward and backward
+    assert not first_step_reuses_rollout(toy(tmp_path, "--algo.mini_batch_size=8"), False)  # configs/toy.yaml: 2 mini-batches
+    assert not first_step_reuses_rollout(toy(tmp_path, "--algo.mini_batch_size=16", "--algo.grad_accum=2"), False)
+    trainer = Trainer(toy(tmp_path, "--algo.mini_batch_size=16", "--train.steps=2", name="reuse"))
+    assert trainer.first_step_reuses_rollout
+    history = trainer.train()
     assert len(history) == 2 and all(math.isfinite(row["policy_loss"]) for row in history)
 
 

@@ -35,7 +35,7 @@ class FirstPass:
     values: torch.Tensor | None
 
 
-def first_step_reuses_rollout(cfg: Config, num_processes: int) -> bool:
+def first_step_reuses_rollout(cfg: Config, distributed: bool) -> bool:
     """Whether the update's first optimiser step can train on the rollout's own forward passes.
 
     The old log-probs and values are the policy's and the critic's before any update. When the first optimiser step
@@ -43,10 +43,10 @@ def first_step_reuses_rollout(cfg: Config, num_processes: int) -> bool:
     passes would compute exactly those numbers again, on the same weights: keeping the rollout's passes with their
     graphs saves one policy and one critic forward per step, and makes that step's probability ratio exactly 1
     (recomputed, it is 1 up to float rounding). Other layouts recompute old log-probs with a forward pass of their
-    own, as before (later mini-batches see updated weights). One process only: under DDP/FSDP/DeepSpeed the
-    engine's forward must pair with its own backward, and the rollout uses the unwrapped models.
+    own, as before (later mini-batches see updated weights). Plain single-process training only (`distributed`:
+    several processes or a DDP/FSDP/DeepSpeed engine, whose forward must pair with its own backward).
     Cost: the policy's and critic's activations are held together from the rollout to that first step."""
-    return (num_processes == 1 and cfg.algo.epochs >= 1 and cfg.algo.mini_batch_size == cfg.rollouts_per_step
+    return (not distributed and cfg.algo.epochs >= 1 and cfg.algo.mini_batch_size == cfg.rollouts_per_step
             and cfg.algo.grad_accum == 1)
 
 

@@ -66,7 +66,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, accelerator=None):
         from accelerate import Accelerator
-        from accelerate.utils import set_seed
+        from accelerate.utils import DistributedType, set_seed
 
         self.cfg = cfg
         self.out = Path(cfg.train.output_dir).expanduser()
@@ -77,6 +77,8 @@ class Trainer:
                                               project_dir=str(self.out),
                                               mixed_precision=cfg.precision.mixed_precision)
         set_seed(cfg.train.seed + self.acc.process_index)
+        distributed = self.acc.num_processes > 1 or self.acc.distributed_type != DistributedType.NO
+        self.first_step_reuses_rollout = first_step_reuses_rollout(cfg, distributed)  # ppo.first_step_reuses_rollout
         run = build_run(cfg)
         self.tokenizer, self.ref, self.sources = run.tokenizer, run.reference, run.sources
         self.reward = run.primary.reward  # what evaluation reports
@@ -104,9 +106,8 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         c, seconds = self.cfg, {}
         with self._phase(ROLLOUT, seconds):  # with graphs kept for the update's first step where it can use them
-            keep = first_step_reuses_rollout(c, self.acc.num_processes)
             ro, first_pass = self.rollout_passes(self.order.next_batch(c.rollout.batch_size), seconds=seconds,
-                                                 keep_graphs=keep)
+                                                 keep_graphs=self.first_step_reuses_rollout)
         with self._phase(SCORE, seconds):
             scores = self.score(ro)
         with self._phase(REWARDS, seconds):
