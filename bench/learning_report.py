@@ -88,7 +88,8 @@ def trace(r: dict, key: str) -> tuple[list[float], list[float]]:
 
 def equal_kl(groups, key: str, min_seeds: int = 3) -> dict:
     """Score at matched KL: per setting, interpolated within each run at each KL target that >= min_seeds runs reach;
-    the paired difference against sparse where both runs of a seed reach it."""
+    the paired difference against sparse where both runs of a seed reach it, and for RED's knobs ("red beta_c=0.5")
+    also against plain red."""
     out = {}
     for target in KL_TARGETS:
         row = {}
@@ -97,14 +98,14 @@ def equal_kl(groups, key: str, min_seeds: int = 3) -> dict:
             values = {s: v for s, v in values.items() if v is not None}
             if len(values) >= min_seeds:
                 row[name] = {"n": len(values), "interval": t_interval(list(values.values())), "per_seed": values}
-        if "sparse" in row:
-            for name in list(row):
-                if name == "sparse":
+        for name in [n for n in row]:
+            for base in ("sparse",) + (("red",) if name.startswith("red ") else ()):
+                if name == base or base not in row:
                     continue
-                shared = sorted(set(row[name]["per_seed"]) & set(row["sparse"]["per_seed"]))
+                shared = sorted(set(row[name]["per_seed"]) & set(row[base]["per_seed"]))
                 if len(shared) >= min_seeds:
-                    diffs = [row[name]["per_seed"][s] - row["sparse"]["per_seed"][s] for s in shared]
-                    row[f"{name} - sparse"] = {"n": len(shared), "interval": t_interval(diffs)}
+                    diffs = [row[name]["per_seed"][s] - row[base]["per_seed"][s] for s in shared]
+                    row[f"{name} - {base}"] = {"n": len(shared), "interval": t_interval(diffs)}
         if row:
             out[target] = row
     return out
@@ -270,11 +271,17 @@ def _print_length(length: int, groups, entry) -> None:
         if not table:
             continue
         names = sorted({n for row in table.values() for n in row})
-        print(f"\nHeld-out {dict(MEASURES)[key]} at matched KL (interpolated within each run; n = seeds reaching it):\n")
-        print("| KL | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
-        for target, row in table.items():
-            cells = [f"{fmt(*row[n]['interval'], digits=2)} n={row[n]['n']}" if n in row else "" for n in names]
-            print(f"| {target} | " + " | ".join(cells) + " |")
+        knobs = [n for n in names if n.startswith("red ") and not n.endswith(" - sparse")]  # knob, knob - red
+        for columns, what in (([n for n in names if not n.startswith("red ")], "the schemes"), (knobs, "RED's knobs")):
+            rows = {t: row for t, row in table.items() if any(n in row for n in columns)}
+            if not columns or not rows:
+                continue
+            print(f"\nHeld-out {dict(MEASURES)[key]} at matched KL, {what} (interpolated within each run; n = seeds "
+                  "reaching it):\n")
+            print("| KL | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns))
+            for target, row in rows.items():
+                cells = [f"{fmt(*row[n]['interval'], digits=2)} n={row[n]['n']}" if n in row else "" for n in columns]
+                print(f"| {target} | " + " | ".join(cells) + " |")
     for key, match in entry["steps_to_match"].items():
         if match:
             steps = "never within the run" if match["steps"] is None else f"{match['steps']:.1f}"

@@ -59,9 +59,9 @@ def test_the_plan_runs_every_scheme_of_a_seed_before_the_next_seed_and_names_eac
     assert "--reward.beta_c=0.5" in runs[15].overrides()
 
 
-def _run(scheme: str, seed: int, scores: list[float], kls: list[float]) -> dict:
+def _run(scheme: str, seed: int, scores: list[float], kls: list[float], beta_c: float = 1.0) -> dict:
     evals = [{"step": 8 * i, "rm_score": s, "judge": s / 10, "kl": k} for i, (s, k) in enumerate(zip(scores, kls))]
-    return {"scheme": scheme, "seed": seed, "max_new_tokens": 24, "beta_c": 1.0, "first_token": "difference",
+    return {"scheme": scheme, "seed": seed, "max_new_tokens": 24, "beta_c": beta_c, "first_token": "difference",
             "kl_coef": 0.05, "evals": evals, "wall_s": 60.0}
 
 
@@ -72,6 +72,7 @@ def test_report_pairs_by_seed_and_reads_scores_at_matched_kl(tmp_path):
     for seed, offset in enumerate((0.0, 0.5, 1.0)):
         runs.append(_run("red", seed, [offset, offset + 2, offset + 4], [0.0, 4.0, 8.0]))
         runs.append(_run("sparse", seed, [offset, offset + 1, offset + 2], [0.0, 4.0, 8.0]))
+        runs.append(_run("red", seed, [offset, offset + 4, offset + 8], [0.0, 6.0, 12.0], beta_c=0.5))  # a knob
     summary = report(runs, tmp_path)
     entry = summary["lengths"][24]
     diff = entry["paired_last_step"]["red"]
@@ -80,6 +81,11 @@ def test_report_pairs_by_seed_and_reads_scores_at_matched_kl(tmp_path):
     at_6 = entry["equal_kl"]["rm_score"][6]
     assert at_6["red"]["interval"][0] == pytest.approx(0.5 + 3.0)  # mean offset 0.5, half-way from +2 to +4
     assert at_6["red - sparse"]["interval"][0] == pytest.approx(1.5)
+    assert at_6["red beta_c=0.5"]["interval"][0] == pytest.approx(0.5 + 4.0)  # its own trace, at its second point
+    assert at_6["red beta_c=0.5 - red"]["interval"][0] == pytest.approx(1.0)  # knobs are compared with plain red too
+    assert at_6["red beta_c=0.5 - sparse"]["interval"][0] == pytest.approx(2.5)
+    assert "red - red" not in at_6 and "sparse - sparse" not in at_6
+    assert entry["paired_last_step"]["red beta_c=0.5 - red"]["rm_score"]["per_seed"] == pytest.approx([4.0] * 3)
     # sparse ends at mean 2.5; RED's mean curve (0.5, 2.5, 4.5) reaches it at step 8
     assert entry["steps_to_match"]["rm_score"]["steps"] == pytest.approx(8.0)
     assert {p.name for p in tmp_path.iterdir()} >= {"score_vs_step.png", "score_vs_kl.png", "paired_differences.png",
