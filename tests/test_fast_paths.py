@@ -75,8 +75,9 @@ def test_fused_adamw_takes_the_same_steps_as_the_per_tensor_loop():
 
 
 @pytest.mark.parametrize("extra", [(), ("--algo.entropy_coef=0.05",),
-                                   ("--algo.algorithm=rloo", "--rollout.batch_size=8", "--rollout.samples_per_prompt=2")],
-                         ids=["ppo", "ppo-entropy-bonus", "rloo"])
+                                   ("--algo.algorithm=rloo", "--rollout.batch_size=8", "--rollout.samples_per_prompt=2"),
+                                   ("--policy.lora_r=4", "--policy.lora_target_modules=c_attn")],
+                         ids=["ppo", "ppo-entropy-bonus", "rloo", "lora"])  # lora: the reference pass toggles adapters
 def test_first_step_on_the_rollouts_passes_equals_recomputing_them(tmp_path, extra):
     cfg = toy(tmp_path, "--algo.mini_batch_size=16", "--algo.epochs=1", *extra)
     assert first_step_reuses_rollout(cfg, distributed=False)
