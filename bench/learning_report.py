@@ -19,6 +19,7 @@ from learning_stats import at_kl, bootstrap, step_reaching, t_interval
 MEASURES = (("rm_score", "reward-model score"), ("judge", "judge (VADER)"), ("kl", "KL to reference"))
 KL_TARGETS = (2, 4, 6, 8, 10, 12, 15, 20, 25, 30, 40)
 COLOURS = {"red": "tab:red", "sparse": "tab:blue", "abc": "tab:green"}
+VARIANT_COLOURS = ("tab:orange", "tab:purple", "tab:brown", "tab:olive", "tab:cyan")
 
 
 def setting(r: dict) -> str:
@@ -192,8 +193,11 @@ def plot(groups_by_length: dict[int, dict], folder: Path) -> list[Path]:
 
 
 def _style(name: str) -> dict:
+    """Schemes solid in their colour; a scheme's variants (RED's knobs) dashed, each in a colour of its own."""
     scheme = name.split()[0]
-    return {"color": COLOURS.get(scheme, "black"), "ls": "-" if name == scheme else "--"}
+    if name == scheme:
+        return {"color": COLOURS.get(scheme, "black"), "ls": "-"}
+    return {"color": VARIANT_COLOURS[sum(map(ord, name)) % len(VARIANT_COLOURS)], "ls": "--"}
 
 
 def _finish(fig, axes, path: Path, plt) -> Path:
