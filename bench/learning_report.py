@@ -275,8 +275,9 @@ def _print_length(length: int, groups, entry) -> None:
         if not table:
             continue
         names = sorted({n for row in table.values() for n in row})
-        knobs = [n for n in names if n.startswith("red ") and not n.endswith(" - sparse")]  # knob, knob - red
-        for columns, what in (([n for n in names if not n.startswith("red ")], "the schemes"), (knobs, "RED's knobs")):
+        knob = lambda n: "=" in n.split(" - ")[0]  # noqa: E731  "red beta_c=0.5", "red beta_c=0.5 - red", ...
+        knobs = [n for n in names if knob(n) and not n.endswith(" - sparse")]  # knob, knob - red
+        for columns, what in (([n for n in names if not knob(n)], "the schemes"), (knobs, "RED's knobs")):
             rows = {t: row for t, row in table.items() if any(n in row for n in columns)}
             if not columns or not rows:
                 continue
