@@ -99,7 +99,7 @@ def equal_kl(groups, key: str, min_seeds: int = 3) -> dict:
             values = {s: v for s, v in values.items() if v is not None}
             if len(values) >= min_seeds:
                 row[name] = {"n": len(values), "interval": t_interval(list(values.values())), "per_seed": values}
-        for name in [n for n in row]:
+        for name in list(row):
             for base in ("sparse",) + (("red",) if name.startswith("red ") else ()):
                 if name == base or base not in row:
                     continue

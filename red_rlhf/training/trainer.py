@@ -156,20 +156,20 @@ class Trainer:
         ro = Rollout(prompts, ids, mask, response, response_mask, ended, torch.empty(0), torch.empty(0))
         seq, seq_mask, pos = ro.sequences()
         start = ids.shape[1]
-        first_pass = None
-        if keep_graphs:
-            with torch.enable_grad():
-                logits = response_logits(self.policy, seq, seq_mask, pos, start, c.rollout.temperature)
-                logprobs = token_logprobs(logits, response)
+        # with keep_graphs: the prepared models, autograd on; else the unwrapped ones under this method's no_grad
+        actor = self.policy if keep_graphs else policy
+        critic = self.critic if keep_graphs or self.critic is None else self.acc.unwrap_model(self.critic)
+        with torch.enable_grad() if keep_graphs else contextlib.nullcontext():
+            logits = response_logits(actor, seq, seq_mask, pos, start, c.rollout.temperature)
+            logprobs = token_logprobs(logits, response)
+            values = None if critic is None else critic(seq, seq_mask, pos)[:, start - 1: -1]
+            first_pass = None
+            if keep_graphs:
                 entropy = entropy_from_logits(logits if c.algo.entropy_coef else logits.detach())
-                values = None if self.critic is None else self.critic(seq, seq_mask, pos)[:, start - 1: -1]
-            first_pass = FirstPass(logprobs, entropy, values)
-            ro.logprobs = logprobs.detach()
-            ro.values = None if values is None else values.detach()
-        else:
-            ro.logprobs = token_logprobs(response_logits(policy, seq, seq_mask, pos, start, c.rollout.temperature), response)
-            if self.critic is not None:
-                ro.values = self.acc.unwrap_model(self.critic)(seq, seq_mask, pos)[:, start - 1: -1]
+                first_pass = FirstPass(logprobs, entropy, values)
+            del logits  # (B, R, V): not held through the reference's pass
+        ro.logprobs = logprobs.detach()
+        ro.values = None if values is None else values.detach()
         with as_reference(policy, self.ref) as ref:
             ro.ref_logprobs = token_logprobs(response_logits(ref, seq, seq_mask, pos, start, c.rollout.temperature), response)
         return ro, first_pass
