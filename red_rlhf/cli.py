@@ -177,6 +177,16 @@ def cmd_tiny_rm(args: argparse.Namespace) -> None:
     print(f"wrote a tiny, randomly initialised {args.arch} reward model and its tokenizer to {out}")
 
 
+def end_process_group() -> None:
+    """Destroy torch.distributed's process group if one is open. Under torchrun a process that exits with it open
+    can abort at interpreter exit (gloo's threads: SIGABRT, "terminate called without an active exception",
+    pytorch/pytorch#190489), which would bury a clear error message under a crash report."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
     from red_rlhf.config import load_config
     from red_rlhf.training import checkpoint
@@ -195,6 +205,8 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
         else:
             print(f"stopped; resume with: {again} --resume")
         raise SystemExit(130) from None
+    finally:  # also when Trainer() itself raised (train() ends its own): see end_process_group
+        end_process_group()
     if os.environ.get("RANK", "0") == "0":  # one line, not one per data-parallel process
         print(f"done: metrics in {cfg.train.output_dir}/metrics.jsonl, policy in {cfg.train.output_dir}/policy; "
               f"curves: red-rlhf plot {cfg.train.output_dir}")

@@ -37,3 +37,15 @@ def test_the_trainer_runs_as_two_processes_and_resumes(tmp_path):
     files = sorted(p.name for p in (out / "checkpoints" / "step-000003").iterdir())
     assert files == ["model.safetensors", "model_1.safetensors", "optimizer.bin", "optimizer_1.bin", "rng-rank0.json",
                      "rng-rank0.safetensors", "rng-rank1.json", "rng-rank1.safetensors", "trainer.json"]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is tested on Linux")
+def test_a_config_error_under_torchrun_exits_cleanly_with_its_message(tmp_path):
+    # the error comes from Trainer() itself (prompt check, after the process group is up), before train() runs
+    done = torchrun(2, "-m", "red_rlhf.cli", "train", "--config", "configs/toy.yaml", "--rollout.max_prompt_tokens=1",
+                    "--train.tensorboard=false", f"--train.output_dir={tmp_path / 'bad'}", check=False)
+    assert done.returncode != 0
+    # torchrun stops the other process (SIGTERM) once one has failed, so at least one message, not always two
+    assert "red-rlhf train: error: data.prompts: the toy prompts: line 1:" in done.stderr, done.stderr[-3000:]
+    assert "terminate called" not in done.stderr and "SIGABRT" not in done.stderr, done.stderr[-3000:]
+    assert "exitcode  : 2 " in done.stderr, done.stderr[-3000:]  # the first to fail: the CLI's own exit code
