@@ -12,6 +12,8 @@ the prompt order, sampling and LoRA init, and is shared across schemes, so runs 
   knobs   red with beta_c 0.5, and red with first_token "zero" (the paper's pseudo-code), x RL seeds 0-2
           (beta_c 1 and first_token "difference" are main's red runs)
   long    red, sparse x RL seeds 0-4, 64 new tokens (the same prompts, reward model and judge)
+  frontier  sparse with KL coefficient 0.01 x RL seeds 0-2, 64 new tokens: at 0.05 sparse stops at about a third
+          of RED's KL, so the frontiers meet only at low KL; a smaller coefficient takes sparse further along it
 
 Every run evaluates the 64 held-out prompts before training and every --eval-every steps (one sampled response per
 prompt with a fixed seed per RL seed, the same for every scheme): the training reward model's mean score, the
@@ -74,6 +76,9 @@ def plan(groups: list[str], seeds: list[int] | None, steps: int) -> list[RunSpec
     if "long" in groups:
         runs += [RunSpec("long", scheme, seed, max_new_tokens=64, steps=steps)
                  for seed in seeds or range(5) for scheme in ("red", "sparse")]
+    if "frontier" in groups:  # sparse with a 5x smaller KL coefficient: does its frontier reach RED's KL and score?
+        runs += [RunSpec("frontier", "sparse", seed, max_new_tokens=64, kl_coef=0.01, steps=steps)
+                 for seed in seeds or range(3)]
     return runs
 
 
@@ -214,7 +219,7 @@ def _seeds(text: str | None) -> list[int] | None:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("command", choices=("run", "worker", "report"))
-    p.add_argument("--groups", default="main,knobs,long")
+    p.add_argument("--groups", default="main,knobs,long,frontier")
     p.add_argument("--seeds", default=None, help="comma-separated RL seeds (default: each group's own)")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--eval-every", type=int, default=8)
