@@ -43,6 +43,15 @@ def by_setting(runs: list[dict], length: int) -> dict[str, dict[int, dict]]:
     return dict(out)
 
 
+def baselines(name: str, names) -> list[str]:
+    """The settings `name` is compared with, paired by seed: sparse; a RED knob ("red beta_c=0.5") also plain red;
+    plain red also each sparse variant ("sparse kl_coef=0.01", which goes further along the KL axis)."""
+    out = ["sparse"] + (["red"] if name.startswith("red ") else [])
+    if name == "red":
+        out += sorted(n for n in names if n.startswith("sparse ") and " - " not in n)
+    return [b for b in out if b != name and b in names]
+
+
 def final(r: dict, key: str) -> float:
     return r["evals"][-1][key]
 
@@ -89,8 +98,7 @@ def trace(r: dict, key: str) -> tuple[list[float], list[float]]:
 
 def equal_kl(groups, key: str, min_seeds: int = 3) -> dict:
     """Score at matched KL: per setting, interpolated within each run at each KL target that >= min_seeds runs reach;
-    the paired difference against sparse where both runs of a seed reach it, and for RED's knobs ("red beta_c=0.5")
-    also against plain red."""
+    the paired difference against each of its baselines() where both runs of a seed reach it."""
     out = {}
     for target in KL_TARGETS:
         row = {}
@@ -100,9 +108,7 @@ def equal_kl(groups, key: str, min_seeds: int = 3) -> dict:
             if len(values) >= min_seeds:
                 row[name] = {"n": len(values), "interval": t_interval(list(values.values())), "per_seed": values}
         for name in list(row):
-            for base in ("sparse",) + (("red",) if name.startswith("red ") else ()):
-                if name == base or base not in row:
-                    continue
+            for base in baselines(name, row):
                 shared = sorted(set(row[name]["per_seed"]) & set(row[base]["per_seed"]))
                 if len(shared) >= min_seeds:
                     diffs = [row[name]["per_seed"][s] - row[base]["per_seed"][s] for s in shared]
@@ -128,7 +134,7 @@ def steps_to_match(groups, a: str = "red", b: str = "sparse", key: str = "rm_sco
 
     share, lo, hi = bootstrap([seeds], statistic)
     return {"seeds": seeds, "steps": statistic(seeds), "reached_share": share, "low": lo, "high": hi,
-            "final_step": groups[b][seeds[0]]["evals"][-1]["step"], "measure": key}
+            "final_step": groups[b][seeds[0]]["evals"][-1]["step"], "measure": key, "baseline": b}
 
 
 # ---------------------------------------------------------------------------------------------------- plots
@@ -232,8 +238,12 @@ def report(runs: list[dict], folder: Path) -> dict:
         if "abc" in groups:
             entry["paired_last_step"]["red - abc"] = paired(groups, "red", "abc")
         for name in groups:
-            if name.startswith("red ") and "red" in groups:
-                entry["paired_last_step"][f"{name} - red"] = paired(groups, name, "red")
+            for base in baselines(name, groups):
+                if base != "sparse":  # "red beta_c=0.5 - red", "red - sparse kl_coef=0.01"
+                    entry["paired_last_step"][f"{name} - {base}"] = paired(groups, name, base)
+                    if name == "red":  # does RED reach the variant's final score, and in how many steps?
+                        for k in ("rm_score", "judge"):
+                            entry["steps_to_match"][f"{k} vs {base}"] = steps_to_match(groups, b=base, key=k)
         summary["lengths"][length] = entry
         _print_length(length, groups, entry)
     for length, entry in summary["lengths"].items():  # one line per comparison a script can read
@@ -275,7 +285,7 @@ def _print_length(length: int, groups, entry) -> None:
         if not table:
             continue
         names = sorted({n for row in table.values() for n in row})
-        knob = lambda n: "=" in n.split(" - ")[0]  # noqa: E731  "red beta_c=0.5", "red beta_c=0.5 - red", ...
+        knob = lambda n: n.split(" - ")[0].startswith("red ")  # noqa: E731  "red beta_c=0.5", "red beta_c=0.5 - red"
         knobs = [n for n in names if knob(n) and not n.endswith(" - sparse")]  # knob, knob - red
         for columns, what in (([n for n in names if not knob(n)], "the schemes"), (knobs, "RED's knobs")):
             rows = {t: row for t, row in table.items() if any(n in row for n in columns)}
@@ -287,10 +297,11 @@ def _print_length(length: int, groups, entry) -> None:
             for target, row in rows.items():
                 cells = [f"{fmt(*row[n]['interval'], digits=2)} n={row[n]['n']}" if n in row else "" for n in columns]
                 print(f"| {target} | " + " | ".join(cells) + " |")
-    for key, match in entry["steps_to_match"].items():
+    for match in entry["steps_to_match"].values():
         if match:
             steps = "never within the run" if match["steps"] is None else f"{match['steps']:.1f}"
-            print(f"\nSteps RED's mean curve needs to reach sparse's mean {dict(MEASURES)[key]} at step "
+            print(f"\nSteps RED's mean curve needs to reach {match['baseline']}'s mean "
+                  f"{dict(MEASURES)[match['measure']]} at step "
                   f"{match['final_step']}: {steps} (paired bootstrap over {len(match['seeds'])} seeds: reached in "
                   f"{100 * match['reached_share']:.0f}% of draws, 95% interval of those [{match['low']:.1f}, "
                   f"{match['high']:.1f}])")

@@ -50,13 +50,15 @@ def test_bootstrap_counts_missing_draws_and_brackets_the_mean():
 def test_the_plan_runs_every_scheme_of_a_seed_before_the_next_seed_and_names_each_run_once():
     from bench_learning import plan
 
-    runs = plan(["main", "knobs", "long"], None, 40)
+    runs = plan(["main", "knobs", "long", "frontier"], None, 40)
     names = [r.name for r in runs]
-    assert len(names) == len(set(names)) == 15 + 6 + 10
+    assert len(names) == len(set(names)) == 15 + 6 + 10 + 3
     assert [(r.scheme, r.seed) for r in runs[:6]] == [("red", 0), ("sparse", 0), ("abc", 0), ("red", 1), ("sparse", 1), ("abc", 1)]
     assert {r.max_new_tokens for r in runs if r.group == "long"} == {64}
     assert {(r.beta_c, r.first_token) for r in runs if r.group == "knobs"} == {(0.5, "difference"), (1.0, "zero")}
     assert "--reward.beta_c=0.5" in runs[15].overrides()
+    assert {(r.scheme, r.max_new_tokens, r.kl_coef) for r in runs if r.group == "frontier"} == {("sparse", 64, 0.01)}
+    assert "--kl.coef=0.01" in runs[-1].overrides()
 
 
 def _run(scheme: str, seed: int, scores: list[float], kls: list[float], beta_c: float = 1.0) -> dict:
@@ -90,3 +92,27 @@ def test_report_pairs_by_seed_and_reads_scores_at_matched_kl(tmp_path):
     assert entry["steps_to_match"]["rm_score"]["steps"] == pytest.approx(8.0)
     assert {p.name for p in tmp_path.iterdir()} >= {"score_vs_step.png", "score_vs_kl.png", "paired_differences.png",
                                                      "summary.json"}
+
+
+def test_report_compares_red_with_a_sparse_variant_that_goes_further_along_the_kl_axis(tmp_path):
+    from learning_report import report
+
+    runs = []
+    for seed, offset in enumerate((0.0, 0.5, 1.0)):
+        runs.append(_run("red", seed, [offset, offset + 2, offset + 4], [0.0, 4.0, 8.0]))
+        runs.append(_run("sparse", seed, [offset, offset + 1, offset + 2], [0.0, 2.0, 4.0]))
+        low_kl = _run("sparse", seed, [offset, offset + 1, offset + 3], [0.0, 4.0, 12.0])
+        low_kl["kl_coef"] = 0.01
+        runs.append(low_kl)
+    entry = report(runs, tmp_path)["lengths"][24]
+    at_8 = entry["equal_kl"]["rm_score"][8]
+    assert "sparse" not in at_8 and "red - sparse" not in at_8  # sparse stops at KL 4
+    assert at_8["sparse kl_coef=0.01"]["interval"][0] == pytest.approx(0.5 + 2.0)  # half-way from +1 to +3
+    assert at_8["red - sparse kl_coef=0.01"]["interval"][0] == pytest.approx(2.0)  # RED's +4 at KL 8, minus +2
+    assert "sparse kl_coef=0.01 - sparse kl_coef=0.01" not in at_8
+    assert entry["equal_kl"]["rm_score"][4]["sparse kl_coef=0.01 - sparse"]["interval"][0] == pytest.approx(-1.0)
+    diff = entry["paired_last_step"]["red - sparse kl_coef=0.01"]
+    assert diff["rm_score"]["per_seed"] == pytest.approx([1.0] * 3) and diff["kl"]["per_seed"] == pytest.approx([-4.0] * 3)
+    # the variant ends at mean 3.5; RED's mean curve (0.5, 2.5, 4.5) reaches it half-way between steps 8 and 16
+    match = entry["steps_to_match"]["rm_score vs sparse kl_coef=0.01"]
+    assert match["steps"] == pytest.approx(12.0) and match["baseline"] == "sparse kl_coef=0.01"
