@@ -76,4 +76,7 @@ def main(out: str, accelerator=None) -> None:
 
 
 if __name__ == "__main__":
+    from red_rlhf.cli import exit_distributed
+
     main(sys.argv[1])
+    exit_distributed(0)  # skip the interpreter's teardown, which gloo can abort (see exit_distributed)

@@ -45,7 +45,10 @@ def train(out: str, steps: int, resume: bool) -> None:
 
 
 if __name__ == "__main__":
+    from red_rlhf.cli import exit_distributed
+
     if sys.argv[1] == "step":
         step(sys.argv[2])
     else:
         train(sys.argv[2], int(sys.argv[3]), "--resume" in sys.argv)
+    exit_distributed(0)  # skip the interpreter's teardown, which gloo can abort (see exit_distributed)
