@@ -70,9 +70,6 @@ def main(out: str, accelerator=None) -> None:
     if acc.is_main_process:
         torch.save({**full, "stats": stats, "held": held, "numel": sum(p.numel() for p in policy.parameters())}, out)
     acc.wait_for_everyone()
-    # destroy the process group before the interpreter exits: left to finalisation, gloo's worker threads can
-    # abort the process (SIGABRT, "terminate called without an active exception"; pytorch/pytorch#190489)
-    acc.end_training()
 
 
 if __name__ == "__main__":
