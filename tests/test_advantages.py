@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from red_rlhf.core.advantages import (
-    gae, gae_reference, kl_per_token, masked_whiten, returns_to_go, rloo_advantages, rloo_reference, shape_rewards,
+    gae, gae_reference, group_advantages, group_advantages_reference, kl_per_token, masked_whiten, returns_to_go,
+    rloo_advantages, rloo_reference, shape_rewards,
 )
 from red_rlhf.core.losses import policy_loss, value_loss
 from red_rlhf.core.redistribute import redistribute
@@ -159,3 +160,24 @@ def test_whitening():
     assert w[mask].std().item() == pytest.approx(1.0, abs=1e-6)
     kept = masked_whiten(values, mask, shift_mean=False)
     assert kept[mask].mean().item() == pytest.approx(values[mask].mean().item())
+
+
+@pytest.mark.parametrize("estimator", ["rloo", "grpo"])
+@pytest.mark.parametrize("gamma", [1.0, 0.9])
+def test_group_advantages_equal_python_loops_with_shuffled_uneven_groups(estimator, gamma):
+    torch.manual_seed(3)
+    rewards = torch.randn(9, 6)
+    lengths = torch.tensor([6, 3, 1, 5, 6, 2, 4, 6, 3])
+    mask = torch.arange(6)[None, :] < lengths[:, None]
+    group_ids = torch.tensor([7, 2, 7, 2, 5, 7, 2, 11, 5])  # groups of 3, 3, 2 and a singleton, interleaved
+    fast = group_advantages(rewards, mask, group_ids, estimator, gamma)
+    torch.testing.assert_close(fast, group_advantages_reference(rewards, mask, group_ids, estimator, gamma))
+    assert torch.all(fast[7][:6] == returns_to_go(rewards, mask, gamma)[7])  # a singleton's baseline is 0
+
+
+def test_group_advantages_with_consecutive_groups_equal_rloo_advantages():
+    torch.manual_seed(4)
+    rewards, lengths = torch.randn(8, 5), torch.tensor([5, 2, 3, 5, 1, 4, 5, 5])
+    mask = torch.arange(5)[None, :] < lengths[:, None]
+    torch.testing.assert_close(group_advantages(rewards, mask, torch.arange(8) // 4, "rloo"),
+                               rloo_advantages(rewards, mask, 4))

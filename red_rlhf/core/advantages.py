@@ -1,4 +1,4 @@
-"""KL estimators, masked statistics, KL shaping, GAE and RLOO returns. Pure torch.
+"""KL estimators, masked statistics, KL shaping, GAE and the critic-free group estimators (RLOO, GRPO). Pure torch.
 
 Shapes: B rollouts, T response positions. `mask` (B, T) is True on response tokens (EOS included) and False on
 padding after the response.
@@ -112,6 +112,81 @@ def returns_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0)
         running = rewards[:, t] + gamma * running
         out[:, t] = running
     return torch.where(mask.bool(), out, torch.zeros_like(out))
+
+
+GROUP_ESTIMATORS = ("rloo", "grpo")
+GROUP_SCALES = ("none", "batch", "group")
+
+
+def group_advantages(rewards: torch.Tensor, mask: torch.Tensor, group_ids: torch.Tensor, estimator: str = "rloo",
+                     gamma: float = 1.0, scale: str = "none", eps: float = 1e-6, reduce=None) -> torch.Tensor:
+    """Critic-free group estimators on per-token returns, (B, T). Rows of one prompt share a `group_ids` value (B,);
+    they may sit anywhere in the batch (engines reorder rows), and groups may differ in size.
+
+    With G_{i,t} = sum_{u >= t} gamma^(u-t) r_{i,u} the return-to-go of sample i and G_{j,1} sample j's full return:
+
+        rloo:  A_{i,t} = G_{i,t} - mean_{j != i, j in group} G_{j,1}      (leave-one-out)
+        grpo:  A_{i,t} = G_{i,t} - mean_{j in group} G_{j,1}              (group mean, self included)
+
+    Why return-to-go: for RED, G_{i,t} = R(x, y_i) - s_{i,t-1} (+ the KL to go when the KL is in the reward). The
+    prefix score s_{i,t-1} depends only on tokens before t, so it acts as a state-dependent baseline: the expected
+    gradient is unchanged while each token gets credit of its own. Summing each row first (what GRPO/RLOO do in
+    verl, TRL and OpenRLHF) gives every token R(x, y_i) - R(x) - baseline and throws the redistribution away.
+    rloo's baseline does not depend on sample i, so it is unbiased; grpo's contains G_{i,1} / k, which scales the
+    expected gradient by (k - 1) / k (same direction). With the sparse reward and no KL in the reward, G_{i,t} =
+    R(x, y_i) at every t, and both are exactly the standard RLOO / GRPO (without std scaling).
+
+    A group of one sample has no other sample to compare with: its baseline is 0 (callers warn).
+
+    scale: "none"; "batch" divides every advantage by ONE standard deviation, that of the full returns G_{j,1} over
+    the whole batch (`reduce` sums over data-parallel processes), which changes the step size only; "group" divides
+    by each group's std of full returns (the original GRPO). Per-group scaling is unbiased only when every token of a
+    sample has the same advantage (sparse reward, no KL in the reward): with per-token returns the prefix term is
+    divided by a std that depends on the sampled group, which biases the estimator and blows it up on near-tied
+    groups. Callers refuse "group" for redistributed rewards; this function does not know the scheme.
+    """
+    if estimator not in GROUP_ESTIMATORS:
+        raise ValueError(f"group estimator must be one of {GROUP_ESTIMATORS}, got {estimator!r}")
+    if scale not in GROUP_SCALES:
+        raise ValueError(f"group scale must be one of {GROUP_SCALES}, got {scale!r}")
+    if group_ids.shape != rewards.shape[:1]:
+        raise ValueError(f"group_ids must have one id per row, shape {tuple(rewards.shape[:1])}, got {tuple(group_ids.shape)}")
+    to_go = returns_to_go(rewards, mask, gamma)  # (B, T)
+    totals = to_go[:, 0]  # (B,) each sample's full return
+    _, group = torch.unique(group_ids, return_inverse=True)  # (B,) group index 0..G-1
+    count = torch.zeros(int(group.max()) + 1, dtype=totals.dtype, device=totals.device).index_add_(
+        0, group, torch.ones_like(totals))  # (G,)
+    group_sum = torch.zeros_like(count).index_add_(0, group, totals)  # (G,)
+    n, total = count[group], group_sum[group]  # (B,) each row's group size and group sum
+    if estimator == "rloo":
+        baseline = torch.where(n > 1, (total - totals) / (n - 1).clamp(min=1), torch.zeros_like(totals))
+    else:
+        baseline = torch.where(n > 1, total / n, torch.zeros_like(totals))
+    advantages = to_go - baseline[:, None]
+    if scale == "batch":
+        _, var = masked_stats(totals, torch.ones_like(totals, dtype=torch.bool), reduce)
+        advantages = advantages / (var.sqrt() + eps)
+    elif scale == "group":
+        mean = group_sum / count
+        squares = torch.zeros_like(count).index_add_(0, group, (totals - mean[group]) ** 2)
+        std = (squares / (count - 1).clamp(min=1)).sqrt()  # (G,) unbiased, as torch.std
+        advantages = advantages / (std[group][:, None] + eps)
+    return torch.where(mask.bool(), advantages, torch.zeros_like(advantages))
+
+
+def group_advantages_reference(rewards, mask, group_ids, estimator: str = "rloo", gamma: float = 1.0):
+    """`group_advantages` (scale "none") with python loops, for tests."""
+    lengths = [int(m.sum()) for m in mask]
+    totals = [sum(float(rewards[b, u]) * gamma**u for u in range(lengths[b])) for b in range(len(lengths))]
+    out = torch.zeros_like(rewards)
+    for b in range(len(lengths)):
+        same = [j for j in range(len(lengths)) if int(group_ids[j]) == int(group_ids[b])]
+        others = [j for j in same if j != b] if estimator == "rloo" else same
+        baseline = sum(totals[j] for j in others) / len(others) if len(same) > 1 else 0.0
+        for t in range(lengths[b]):
+            to_go = sum(float(rewards[b, u]) * gamma ** (u - t) for u in range(t, lengths[b]))
+            out[b, t] = to_go - baseline
+    return out
 
 
 def rloo_advantages(rewards: torch.Tensor, mask: torch.Tensor, group_size: int, gamma: float = 1.0) -> torch.Tensor:
