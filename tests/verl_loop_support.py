@@ -499,12 +499,12 @@ class Recorder:
         self.compute_advantage, self.log = compute_advantage, log
 
 
-def compose_recipe(recipe_dir: str, overrides: list[str]):
-    """examples/verl/red_ppo.yaml through verl's Hydra config, as `python -m verl.trainer.main_ppo` composes it."""
+def compose_recipe(recipe_dir: str, overrides: list[str], recipe: str = "red_ppo"):
+    """A recipe of examples/verl through verl's Hydra config, as `python -m verl.trainer.main_ppo` composes it."""
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=recipe_dir, version_base=None):
-        return compose(config_name="red_ppo", overrides=overrides)
+        return compose(config_name=recipe, overrides=overrides)
 
 
 def build_trainer(config):
