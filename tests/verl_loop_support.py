@@ -62,7 +62,7 @@ import verl.utils.tracking as verl_tracking
 from verl.experimental.agent_loop.agent_loop import AgentLoopManager, AgentLoopWorker
 from verl.experimental.reward_loop.reward_loop import RewardLoopManager, RewardLoopWorker
 from verl.plugin.platform.platform_base import PlatformBase
-from verl.plugin.platform.platform_manager import set_platform
+from verl.plugin.platform import platform_manager
 from verl.single_controller.ray.base import RayResourcePool, RayWorkerGroup, _unwrap_ray_remote
 from verl.workers.rollout import base as rollout_base
 from verl.workers.rollout.base import BaseRollout
@@ -444,10 +444,12 @@ def cpu_verl():
         if made_group:
             torch.distributed.init_process_group("gloo", rank=0, world_size=1,
                                                  init_method=f"tcp://127.0.0.1:{env['MASTER_PORT']}")
-        set_platform(CPUPlatform())
+        previous = platform_manager._current_platform
+        platform_manager.set_platform(CPUPlatform())
         try:
             yield
         finally:
+            platform_manager._current_platform = previous  # what the rest of the session had
             if made_group and torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()
             if started_ray:
