@@ -167,7 +167,7 @@ def check_common(setup, recorder, trainer, before, after, *, critic: bool):
     for role in before:
         changed = [n for n in before[role] if not torch.equal(before[role][n], after[role][n])]
         assert len(changed) > len(before[role]) // 2, f"{role}: only {changed} of {list(before[role])} changed"
-    rollout = trainer.actor_rollout_wg.local.worker_dict["actor_rollout_ref"].rollout
+    rollout = support.actor_rollout_worker(trainer.actor_rollout_wg).rollout
     assert rollout.synced_steps == list(range(STEPS + 1))  # verl's weight sync: before step 1 and after each update
     generated = dict(rollout.model.named_parameters())
     for name, weight in after["actor"].items():  # the model that generates is the one verl trained

@@ -220,6 +220,13 @@ class LocalWorkerGroup(RayWorkerGroup):
         return self._workers[0].instance
 
 
+def actor_rollout_worker(worker_group: LocalWorkerGroup):
+    """verl's ActorRolloutRefWorker in the group: role "actor_rollout_ref", or "actor_rollout" when there is no
+    reference policy (trainer/main_ppo_v0.py:48-52)."""
+    [worker] = [w for role, w in worker_group.local.worker_dict.items() if role.startswith("actor_rollout")]
+    return worker
+
+
 class LocalResourcePoolManager:
     """verl's ResourcePoolManager interface (single_controller/ray/base.py:185-224): one pool of one worker, no
     placement group (LocalWorkerGroup never asks it for one)."""
@@ -309,7 +316,7 @@ class LocalLLMServerManager:
 
     def __init__(self, config, worker_group: LocalWorkerGroup = None, rollout_resource_pool=None, **kwargs):
         self.config = config
-        self.rollout: HFRollout = worker_group.local.worker_dict["actor_rollout_ref"].rollout
+        self.rollout: HFRollout = actor_rollout_worker(worker_group).rollout
 
     @classmethod
     def create(cls, *args, **kwargs) -> "LocalLLMServerManager":
@@ -536,9 +543,9 @@ def build_trainer(config):
 
 def trainable_weights(trainer) -> dict[str, dict[str, torch.Tensor]]:
     """Copies of the actor's and (when there is one) the critic's parameters, read from verl's engines."""
-    workers = trainer.actor_rollout_wg.local.worker_dict
     out = {}
-    for role, worker in (("actor", workers["actor_rollout_ref"].actor), ("critic", workers.get("critic"))):
+    critic = trainer.actor_rollout_wg.local.worker_dict.get("critic")
+    for role, worker in (("actor", actor_rollout_worker(trainer.actor_rollout_wg).actor), ("critic", critic)):
         if worker is None:
             continue
         out[role] = {name: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
