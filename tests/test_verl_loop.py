@@ -176,6 +176,19 @@ def check_common(setup, recorder, trainer, before, after, *, critic: bool):
         assert prompt.startswith("<|im_start|>user\n") and prompt.endswith("<|im_start|>assistant\n")
 
 
+def print_row(setup, scorers, recorder, rm: str, scheme: str, row: int = 0) -> None:
+    """One row of the first step (pytest -s): verl's token_level_scores beside red_rlhf's scorer on the same text."""
+    step = recorder.steps[0]
+    prompt, response, n = rows_as_text(setup["tok"], step)[row]
+    [scored] = scorers[rm][scheme].score([prompt], [response])
+    print(f"\n{rm} {scheme}, step 1 row {row}: prompt {prompt!r}\n"
+          f"R(x) = {scored.prompt_score:.4f}  R(x, y) = {scored.final_score:.4f}  R(x, y) - R(x) = "
+          f"{scored.final_score - scored.prompt_score:.4f}  sum of verl's row = {float(step['token_level_scores'][row].sum()):.4f}")
+    print(f"{'token':>18} {'verl token_level_scores':>24} {'red_rlhf scorer':>16}")
+    for t in range(n):
+        print(f"{scored.tokens[t]!r:>18} {float(step['token_level_scores'][row, t]):24.4f} {scored.rewards[t]:16.4f}")
+
+
 def check_rows_equal_scorer(setup, scorers, recorder, rm: str, scheme: str):
     """Every row of token_level_scores that fit() trained on equals red_rlhf's scorer on the same texts; it sums to
     R(x, y) - R(x) under RED; it has one non-zero token under sparse and many under RED."""
@@ -214,6 +227,7 @@ def test_verl_ppo_fit_with_red_manager(setup, cpu_verl, scorers, rm, scheme):
     recorder, trainer, before, after = run(setup, rm, f"reward.reward_kwargs.scheme={scheme}")
     check_common(setup, recorder, trainer, before, after, critic=True)
     nonzero = check_rows_equal_scorer(setup, scorers, recorder, rm, scheme)
+    print_row(setup, scorers, recorder, rm, scheme)
     print(f"\n{rm} {scheme}: non-zero tokens per row (of response length): {nonzero}")
     config = trainer.config.algorithm
     assert recorder.steps[0]["adv_estimator"] == "gae"
