@@ -150,9 +150,9 @@ def torchrun(n: int, *args: str, check: bool = True) -> subprocess.CompletedProc
     return done
 
 
-def run_workers(n: int, out: Path) -> dict:
-    """One PPO step of tests/dp_worker.py on n processes; what it saved (weights, stats)."""
-    torchrun(n, str(ROOT / "tests" / "dp_worker.py"), str(out))
+def run_workers(n: int, out: Path, algorithm: str = "ppo") -> dict:
+    """One step of tests/dp_worker.py (PPO or GRPO) on n processes; what it saved (weights, stats)."""
+    torchrun(n, str(ROOT / "tests" / "dp_worker.py"), str(out), algorithm)
     return torch.load(out, weights_only=False)
 
 

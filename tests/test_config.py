@@ -18,7 +18,7 @@ def test_yaml_and_overrides(tmp_path):
 
 
 def test_the_shipped_configs_load():
-    for name in ("configs/toy.yaml", "configs/toy-rloo.yaml"):
+    for name in ("configs/toy.yaml", "configs/toy-rloo.yaml", "configs/toy-grpo.yaml"):
         load_config(name)
 
 
