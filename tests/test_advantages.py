@@ -207,3 +207,6 @@ def test_per_group_std_with_red_rewards_explodes_on_tied_groups():
     true_norm = torch.cat([g.flatten() for g in true]).norm()
     assert torch.cat([g.flatten() for g in red]).norm() > 1e4 * true_norm
     assert torch.cat([g.flatten() for g in sparse]).norm() < 10 * true_norm
+    red3, true3 = bandit_gradients(per_group, 3)  # k = 3: the direction itself is wrong (README quotes it)
+    red3, true3 = torch.cat([g.flatten() for g in red3]), torch.cat([g.flatten() for g in true3])
+    assert torch.dot(red3, true3) / (red3.norm() * true3.norm()) < -0.8
