@@ -52,7 +52,7 @@ def test_entry_point_module_imports(module):
     importlib.import_module(module)
 
 
-@pytest.mark.parametrize("recipe", ["red_ppo"])
+@pytest.mark.parametrize("recipe", ["red_ppo", "red_grpo"])
 def test_recipe_names_only_importable_classes(recipe, tmp_path):
     """Every class the recipe makes the entry point load by name: the v1 trainer for its mode, the reward manager
     and the custom reward function (both through verl's own loaders)."""
