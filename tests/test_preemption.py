@@ -210,3 +210,54 @@ def test_rotation_keeps_the_newest_by_step_and_never_a_later_run_stage(tmp_path)
                                                                              "step-000011"]
     # a run resumed from step 10 (11 was damaged) keeps 11 and later until it overwrites them
     assert [p.name for p in checkpoint.to_rotate(root, 10, keep=1)] == ["step-000009"]
+
+
+# ---------------------------------------------------------------- lean checkpoints
+
+
+def test_a_lora_checkpoint_holds_only_what_training_changes_and_resumes_on_the_same_base(tmp_path):
+    from safetensors import safe_open
+
+    from red_rlhf.models.tiny import toy_policy, toy_tokenizer
+
+    tok = toy_tokenizer()
+    base = tmp_path / "base"
+    toy_policy(tok).save_pretrained(base)
+    tok.save_pretrained(base)
+    lora = [f"--policy.name_or_path={base}", "--policy.lora_r=4", "--policy.lora_target_modules=c_attn",
+            "--algo.policy_lr=0.05", "--train.save_every=1"]
+    straight = Trainer(toy(tmp_path, *lora, "--train.steps=3", name="straight")).train()
+    Trainer(toy(tmp_path, *lora, "--train.steps=2")).train()
+    saved = checkpoint.latest(tmp_path / "run")
+    with safe_open(str(saved / "model.safetensors"), framework="pt") as f:
+        policy_keys = list(f.keys())
+    assert policy_keys and all("lora_" in key for key in policy_keys)  # the adapters, not the frozen base
+    with safe_open(str(saved / "model_1.safetensors"), framework="pt") as f:
+        assert any("head" in key for key in f.keys())  # the critic trains every weight: all of it is kept
+    state = json.loads((saved / "trainer.json").read_text())
+    assert state["weights"] == "trainable" and len(state["frozen"]["policy"]) == 16
+    rest = Trainer(toy(tmp_path, *lora, "--train.steps=3")).train(resume=True)
+    same_steps(straight[2:], rest)
+    # the base at policy.name_or_path replaced by another model: the adapters do not belong to it
+    toy_policy(tok, seed=1).save_pretrained(base)
+    with pytest.raises(checkpoint.CheckpointError, match=rf"frozen weights of the policy loaded from {base} differ from "
+                                                         "those the checkpoint was trained on"):
+        Trainer(toy(tmp_path, *lora, "--train.steps=4")).train(resume=True)
+
+
+def test_a_checkpoint_of_other_adapters_is_refused_by_name(tmp_path):
+    lora = ["--policy.lora_r=4", "--policy.lora_target_modules=c_attn", "--train.steps=1"]
+    Trainer(toy(tmp_path, *lora)).train()
+    other = Trainer(toy(tmp_path, "--policy.lora_r=4", "--policy.lora_target_modules=c_attn,c_proj", "--train.steps=2"))
+    with pytest.raises(checkpoint.CheckpointError, match=r"model.safetensors lacks \d+ trainable weight\(s\) of the "
+                                                         r"policy \(e.g. .*c_proj.*\).*resume with the config"):
+        other.load(checkpoint.latest(tmp_path / "run"))
+
+
+def test_saving_prints_no_shared_tensor_warning(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        Trainer(toy(tmp_path, "--train.steps=1")).train()  # the toy GPT-2 ties lm_head to the embedding
+    assert not [r for r in caplog.records if "shared tensor" in r.getMessage()]
+    assert checkpoint.latest(tmp_path / "run").name == "step-000001"
