@@ -105,3 +105,21 @@ def test_assemble_rewards_refuses_a_response_mask_not_starting_at_column_0_and_a
     padded_nan = tokens.clone()
     padded_nan[0, 3] = float("nan")  # on padding: never read, allowed
     assemble_rewards([SourceScores("r", prompt, padded_nan)], right)
+
+
+# ---------------------------------------------------------------- exports
+
+
+def test_an_export_replaces_an_older_one_entirely(tmp_path):
+    from red_rlhf.training.trainer import Trainer
+    from tests.helpers import toy
+
+    policy = tmp_path / "run" / "policy"
+    policy.mkdir(parents=True)
+    for stale in ("adapter_config.json", "adapter_model.safetensors", "model-00002-of-00002.safetensors"):
+        (policy / stale).write_text("from an older export")  # a LoRA run's adapters, a shard of a bigger model
+    Trainer(toy(tmp_path, "--train.steps=1")).train()  # a full-weights policy exported into the same folder
+    names = sorted(p.name for p in policy.iterdir())
+    assert "model.safetensors" in names and not {"adapter_config.json", "adapter_model.safetensors",
+                                                  "model-00002-of-00002.safetensors"} & set(names)
+    assert sorted(p.name for p in policy.parent.iterdir() if p.name.startswith(".policy")) == []
