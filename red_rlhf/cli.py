@@ -375,7 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def quiet_third_party(verbose: bool) -> None:
     """Keep libraries' deprecation notices (FutureWarning, DeprecationWarning) and transformers' advisory log
-    lines out of the user's output; -v shows them."""
+    lines out of the user's output; -v shows them. Where output is not a terminal, the libraries' own progress bars
+    ("Loading weights", "Writing model shards", "Generating train split") are off too: there they are carriage-return
+    redraws that land inside the plain progress lines (red_rlhf/progress.py) of a log file."""
+    if not sys.stderr.isatty():
+        _no_library_progress_bars()
     if verbose:
         return
     import warnings
@@ -387,6 +391,21 @@ def quiet_third_party(verbose: bool) -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
+
+
+def _no_library_progress_bars() -> None:
+    # read at import by huggingface_hub (and through it transformers) and by datasets; switched off directly
+    # where they are already imported
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    if "datasets" in sys.modules:
+        import datasets
+
+        datasets.disable_progress_bars()
 
 
 def _check_text_arguments(argv: list[str]) -> None:

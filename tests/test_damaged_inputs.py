@@ -123,3 +123,68 @@ def test_an_export_replaces_an_older_one_entirely(tmp_path):
     assert "model.safetensors" in names and not {"adapter_config.json", "adapter_model.safetensors",
                                                   "model-00002-of-00002.safetensors"} & set(names)
     assert sorted(p.name for p in policy.parent.iterdir() if p.name.startswith(".policy")) == []
+
+
+# ---------------------------------------------------------------- damaged model folders: one line naming the file
+
+
+def _one_error_line(capsys, argv):
+    from red_rlhf.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("cut", ["half", "empty"])
+def test_a_truncated_or_empty_weights_file_is_one_line_naming_it(tmp_path, capsys, cut):
+    from red_rlhf.models.tiny import save_tiny_reward_model, toy_policy, toy_tokenizer
+
+    rm = save_tiny_reward_model(tmp_path / "rm")
+    capsys.readouterr()  # the saving's own output
+    weights = rm / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2] if cut == "half" else b"")
+    message = rf"{weights} is not a whole safetensors file \(.*\): the model folder is damaged"
+    err = _one_error_line(capsys, ["score", "--reward-model", str(rm), "--prompt", "hi", "--response", "there"])
+    assert re.search(rf"red-rlhf score: error: reward model: {message}", err), err
+    train = ["train", "--config", "configs/toy.yaml", f"--train.output_dir={tmp_path / 'run'}"]
+    err = _one_error_line(capsys, train + [f"--reward.model={rm}", "--reward.function=null"])
+    assert re.search(rf"red-rlhf train: error: reward.model: {message}", err), err
+    policy = tmp_path / "policy"
+    tok = toy_tokenizer()
+    toy_policy(tok).save_pretrained(policy)
+    tok.save_pretrained(policy)
+    capsys.readouterr()
+    (policy / "model.safetensors").write_bytes((policy / "model.safetensors").read_bytes()[:100])
+    err = _one_error_line(capsys, train + [f"--policy.name_or_path={policy}"])
+    assert f"red-rlhf train: error: policy.name_or_path: {policy / 'model.safetensors'} is not a whole safetensors" in err
+    (policy / "config.json").write_text("{cut")
+    err = _one_error_line(capsys, train + [f"--policy.name_or_path={policy}"])
+    assert f"policy.name_or_path: {policy / 'config.json'} is not valid JSON" in err
+
+
+# ---------------------------------------------------------------- output a user cannot act on
+
+
+def test_log_output_has_no_library_progress_bars_and_phase_counts_match_their_labels(tmp_path, capsys):
+    from red_rlhf.cli import main
+    from red_rlhf.models.tiny import save_tiny_reward_model
+    from red_rlhf.training.trainer import PHASES
+
+    rm = save_tiny_reward_model(tmp_path / "rm")
+    capsys.readouterr()
+    assert main(["score", "--reward-model", str(rm), "--prompt", "hi", "--response", "there"]) == 0
+    assert main(["train", "--config", "configs/toy.yaml", "--train.tensorboard=false", "--data.eval_size=0",
+                 "--train.steps=2", f"--train.output_dir={tmp_path / 'run'}"]) == 0
+    printed = capsys.readouterr()
+    for bar in ("Loading weights", "Writing model shards", "it/s]"):  # output here is not a terminal: a log file
+        assert bar not in printed.err + printed.out, bar
+    phase_lines = [line.split("  [")[0] for line in printed.out.splitlines() if line.startswith("phase ")]
+    assert phase_lines
+    titles = {p.number: p.title for p in PHASES}
+    for line in phase_lines:  # "phase 6/7  controllers": the count names the phase the label names
+        count, label = line.removeprefix("phase ").split("  ")
+        number = int(count.split("/")[0])
+        assert label == (titles[number] if label != "step done" else "step done") and count.endswith("/7"), line
+        assert label != "step done" or number == 7, line

@@ -244,7 +244,8 @@ class Trainer:
                           disable=not self.acc.is_main_process) as bar:
                 task = bar.add_task("train steps", total=c.train.steps, completed=self.step, info="")
                 phases = bar.add_task("phase", total=len(PHASES), info="")
-                show = lambda p: bar.update(phases, completed=p.number - 1, info=f"{p.number} {p.title}")  # noqa: E731
+                # "phase 6/7  controllers": the count is the running phase's number, the label its name
+                show = lambda p: bar.update(phases, completed=p.number, info=p.title)  # noqa: E731
                 self.on_phase.append(show)
                 while self.step < c.train.steps:
                     metrics = self.train_step()
