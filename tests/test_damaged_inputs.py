@@ -188,3 +188,33 @@ def test_log_output_has_no_library_progress_bars_and_phase_counts_match_their_la
         number = int(count.split("/")[0])
         assert label == (titles[number] if label != "step done" else "step done") and count.endswith("/7"), line
         assert label != "step done" or number == 7, line
+
+
+def test_a_reward_function_that_raises_names_the_step_and_the_checkpoint_to_resume_from(tmp_path):
+    from red_rlhf.models.sources import SourceError
+    from red_rlhf.training.trainer import Trainer
+    from tests import raising_reward
+    from tests.helpers import toy
+
+    args = ["--reward.function=tests.raising_reward:reward", "--reward.takes_prompt=false", "--train.save_every=1",
+            "--rollout.batch_size=2", "--algo.mini_batch_size=2", "--rollout.max_new_tokens=3", "--train.steps=3"]
+    try:
+        raising_reward.fail = True
+        with pytest.raises(SourceError, match=r"^step 1, phase score: reward source 'reward' failed: .*lexicon.*; no "
+                                              "checkpoint was saved yet: fix it and start again"):
+            Trainer(toy(tmp_path, *args, name="first")).train()
+        raising_reward.fail = False
+        second = Trainer(toy(tmp_path, *args, name="second"))
+        original = second.train_step
+
+        def step():
+            raising_reward.fail = second.step == 1  # step 2 fails, after step 1's checkpoint
+            return original()
+
+        second.train_step = step
+        with pytest.raises(SourceError, match=rf"^step 2, phase score: .*; the last checkpoint is "
+                                              rf"{tmp_path / 'second'}/checkpoints/step-000001: fix it and continue "
+                                              "with --resume"):
+            second.train()
+    finally:
+        raising_reward.fail = False

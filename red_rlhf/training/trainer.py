@@ -31,7 +31,7 @@ from red_rlhf.core.reward_assembly import AssembledRewards, SourceScores, assemb
 from red_rlhf.data.prompts import PromptOrder, train_eval_prompts
 from red_rlhf.models.build import as_reference, build_run, place_frozen, score_sources
 from red_rlhf.models.precision import check_device
-from red_rlhf.models.sources import PrefixScores
+from red_rlhf.models.sources import PrefixScores, SourceError
 from red_rlhf.training import checkpoint, frozen, lock, memory, stops, tracking
 from red_rlhf.training.controllers import AdaptiveKL, multipliers, signed_coefficients
 from red_rlhf.training.export import export_policy
@@ -248,7 +248,10 @@ class Trainer:
                 show = lambda p: bar.update(phases, completed=p.number, info=p.title)  # noqa: E731
                 self.on_phase.append(show)
                 while self.step < c.train.steps:
-                    metrics = self.train_step()
+                    try:
+                        metrics = self.train_step()
+                    except SourceError as err:  # a user's function or model: the step, and where to go on from
+                        raise SourceError(f"step {self.step + 1}, phase score: {err}; {self._resume_hint()}") from err
                     bar.update(phases, completed=len(PHASES), info="step done")
                     self.step += 1
                     metrics["step"] = self.step
@@ -274,6 +277,12 @@ class Trainer:
             self.acc.end_training()
             lock.release(held)
         return history
+
+    def _resume_hint(self) -> str:
+        saved = checkpoint.latest(self.out, must_exist=False, say=lambda line: None)
+        if saved is None:
+            return "no checkpoint was saved yet: fix it and start again"
+        return f"the last checkpoint is {saved}: fix it and continue with --resume"
 
     def _lock(self):
         """The main process takes OUTPUT_DIR/train.lock; every process learns whether it did (a collective), so
