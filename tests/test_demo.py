@@ -52,6 +52,9 @@ def test_reduced_demo_produces_every_report_section(tmp_path, drawn_figures, fin
     bars = list(finished_bars)  # the trainer's phase bar ends full too, after the last step
     assert any(name.startswith("reward model") for name, _, _ in bars) and all(d == t for _, d, t in bars), bars
     assert (tmp_path / "demo" / "summary.json").is_file()
+    # the demo leaves what its report needs: the finished run's checkpoints go, its exported policy stays
+    assert not (tmp_path / "demo" / "train" / "checkpoints").exists()
+    assert (tmp_path / "demo" / "train" / "policy" / "model.safetensors").is_file()
     [rm] = (tmp_path / "cache").glob("rm-tiny-pairs64-*")
     assert (rm / "rm_metrics.json").is_file()
     run_demo(settings)  # a second run reuses the cached data and reward model
