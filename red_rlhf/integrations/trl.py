@@ -184,6 +184,6 @@ class REDGRPOTrainer(GRPOTrainer):
         """The completions table shows one advantage per completion: the first token's, A_{i,1} = G_{i,1} - baseline,
         which is the whole completion's (TRL wrote its own per-completion ones there a moment ago)."""
         column = self._logs["advantages"]
-        first = advantages[:, 0].tolist()
-        for i, value in enumerate(first[-len(column):] if len(first) > len(column) else first):
-            column[len(column) - min(len(first), len(column)) + i] = value
+        count = min(len(lengths), len(column))  # TRL appended one entry per completion of the whole batch
+        for i, value in enumerate(advantages[len(lengths) - count:, 0].tolist()):
+            column[len(column) - count + i] = value
