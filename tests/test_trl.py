@@ -302,3 +302,17 @@ def test_a_reward_model_that_cannot_load_names_the_field(tmp_path):
         REDGRPOTrainer(model=tiny_causal_lm(tok), args=args, processing_class=tok,
                        train_dataset=Dataset.from_dict({"prompt": PROMPTS}))
 
+
+
+def test_the_example_config_parses_and_passes_the_checks():
+    from trl import ModelConfig, ScriptArguments, TrlParser
+
+    script, args, model = TrlParser((ScriptArguments, REDGRPOConfig, ModelConfig)).parse_args_and_config(
+        ["--config", str(ROOT / "examples" / "trl" / "red_grpo.yaml"), "--use_cpu", "true", "--bf16", "false"])
+    assert model.model_name_or_path == "Qwen/Qwen2.5-0.5B-Instruct" and script.dataset_name
+    assert args.red_config.reward.model == "Skywork/Skywork-Reward-V2-Qwen3-0.6B" and args.scale_rewards == "batch"
+    assert args.red_scheme == "red" and args.red_estimator == "rloo" and args.beta > 0
+    with pytest.raises(ConfigError, match="scale_rewards='group'"):  # the command line overrides the file
+        TrlParser((ScriptArguments, REDGRPOConfig, ModelConfig)).parse_args_and_config(
+            ["--config", str(ROOT / "examples" / "trl" / "red_grpo.yaml"), "--use_cpu", "true", "--bf16", "false",
+             "--scale_rewards", "group"])
