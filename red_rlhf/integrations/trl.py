@@ -44,8 +44,8 @@ __all__ = ["REDGRPOConfig", "REDGRPOTrainer", "REDScores", "TRL_DEPENDENCIES"]
 # What this module reads or overrides in trl 1.16.0 (trl/trainer/grpo_trainer.py), checked by tests/test_trl.py.
 TRL_DEPENDENCIES = {
     "GRPOTrainer._generate_and_score_completions": "overridden: super() then output['advantages'] replaced (:2324)",
-    "GRPOTrainer._tokenize_prompts": "the prompt ids TRL generates from (:1684, called by _generate at :2222)",
-    "GRPOTrainer._calculate_rewards": "calls each reward function with prompts, completions, completion_ids (:1622)",
+    "GRPOTrainer._tokenize_prompts": "the prompt ids TRL generates from (:1684, called by _generate at :2221)",
+    "GRPOTrainer._calculate_rewards": "calls each reward function with prompts, completions, completion_ids (:1626)",
     "GRPOTrainer._compute_loss": "takes advantages of shape (B,) or (B, T) (:3055-3059)",
     "GRPOTrainer.num_generations": "group size in training (:783); num_generations_eval in evaluation (:787)",
     "GRPOTrainer.eos_token_ids": "the ids that end a completion (:409-416)",
