@@ -143,6 +143,23 @@ def test_red_token_advantages_are_the_group_estimators_on_the_prefix_score_diffe
     assert max(dense) >= 4, dense  # token by token, not one number per completion
 
 
+def test_several_weighted_sources_add_up_per_token(tmp_path, rm_path):
+    tok = AutoTokenizer.from_pretrained(rm_path)
+    sources = [{"name": "helpful", "model": rm_path, "weight": 0.5},
+               {"name": "long", "model": rm_path, "kind": "cost", "weight": 0.25, "scheme": "sparse"}]
+    trainer = REDGRPOTrainer(model=tiny_causal_lm(tok, seed=0), processing_class=tok, args=REDGRPOConfig(
+        **common(tmp_path), red_reward_sources=sources), train_dataset=Dataset.from_dict({"prompt": PROMPTS}))
+    out = generated(trainer)
+    prompts, completions = rows_of(out)
+    red, mask = independent_red_rewards(trainer.red_sources[0].reward.model, prompts, completions)
+    final = torch.zeros_like(red)  # the cost's sparse reward: R(x, y) on each completion's last token
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        ids = torch.tensor([p + c])
+        final[i, len(c) - 1] = naive_prefix_scores(trainer.red_sources[1].reward.model, ids, torch.ones_like(ids))[0, -1]
+    expected = group_advantages_reference(0.5 * red - 0.25 * final, mask, torch.arange(len(prompts)) // GROUP, "rloo")
+    torch.testing.assert_close(out["advantages"][:, : expected.shape[1]].double(), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_a_reward_model_with_another_tokenizer_scores_the_policys_completions(tmp_path, rm_path):
     tok = tiny_tokenizer("gpt2", vocab_size=290)  # other merges than the reward model's 400-token vocabulary
     trainer = REDGRPOTrainer(model=tiny_causal_lm(tok, seed=0), processing_class=tok, args=REDGRPOConfig(

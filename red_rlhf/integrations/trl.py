@@ -98,8 +98,8 @@ class REDScores:
         empty = [i for i, ids in enumerate(completion_ids) if not ids]
         if empty:
             raise ValueError(f"completion(s) {empty} have no tokens: there is nothing to reward")
-        texts, plain = _prompt_texts(prompts, prompt_ids, t.processing_class, t.args.red_prompt_text)
         tok = t.red_tokenizer
+        texts, plain = _prompt_texts(prompts, prompt_ids, tok, t.args.red_prompt_text)
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         p_ids, p_mask = pad_rows(prompt_ids, pad, side="left")  # (b, P)
         r_ids, r_mask = pad_rows(completion_ids, pad)  # (b, R)
@@ -117,13 +117,10 @@ class REDScores:
 
 
 class REDGRPOTrainer(GRPOTrainer):
-    """TRL's GRPOTrainer with RED per-token rewards and advantages. Takes GRPOTrainer's arguments, with
-    `args` a REDGRPOConfig; the reward comes from its red_* fields (or `reward_sources`), not `reward_funcs`.
+    """TRL's GRPOTrainer with RED per-token rewards and advantages. Takes GRPOTrainer's arguments, with `args` a
+    REDGRPOConfig; the reward comes from its red_* fields, not `reward_funcs`."""
 
-    reward_sources: red_rlhf `Source`s already built (models in memory); None loads them from args.
-    """
-
-    def __init__(self, model, reward_funcs=None, args: REDGRPOConfig | None = None, *, reward_sources=None, **kwargs):
+    def __init__(self, model, reward_funcs=None, args: REDGRPOConfig | None = None, **kwargs):
         if not isinstance(args, REDGRPOConfig):
             raise ConfigError("REDGRPOTrainer needs args=REDGRPOConfig(...) (GRPOConfig's fields plus the red_* ones)")
         if reward_funcs is not None:
@@ -138,9 +135,10 @@ class REDGRPOTrainer(GRPOTrainer):
         self.red_reward = REDScores(self)
         super().__init__(model, reward_funcs=[self.red_reward], args=args, **kwargs)
         self.red_tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
-        self.red_sources = reward_sources if reward_sources is not None else self._load_red_sources()
+        self.red_sources = self._load_red_sources()
 
     def _load_red_sources(self) -> list[Source]:
+        """The sources of args.red_config, HF models frozen on this process's device; errors name the field."""
         try:
             sources = load_sources(self.args.red_config)
         except ConfigError as err:
