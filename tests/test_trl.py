@@ -180,6 +180,34 @@ def test_a_reward_model_with_another_tokenizer_scores_the_policys_completions(tm
     assert max(dense) >= 3, dense
 
 
+def test_conversational_prompts_reach_a_chat_reward_model_as_the_last_user_message(tmp_path):
+    from red_rlhf.models.tiny import tiny_reward_model
+
+    rm_tok = tiny_tokenizer("gpt2", chat=True)  # a reward model that applies its own (ChatML) template
+    rm_dir = tmp_path / "chat-rm"
+    tiny_reward_model("gpt2", len(rm_tok), pad_token_id=rm_tok.pad_token_id, seed=4).save_pretrained(rm_dir)
+    rm_tok.save_pretrained(rm_dir)
+    tok = tiny_tokenizer("gpt2", vocab_size=290, chat=True)  # the policy renders its own chat template
+    chats = [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": p}] for p in PROMPTS]
+    trainer = REDGRPOTrainer(model=tiny_causal_lm(tok, seed=0), processing_class=tok, args=REDGRPOConfig(
+        **common(tmp_path), red_reward_model=str(rm_dir)), train_dataset=Dataset.from_dict({"prompt": chats}))
+    rm: HFRewardModel = trainer.red_sources[0].reward
+    assert rm.format == "chat"
+    torch.manual_seed(0)
+    trainer.model.train()
+    out = trainer._generate_and_score_completions([{"prompt": c} for c in chats for _ in range(GROUP)])
+    assert "<|im_start|>" in tok.decode(out["prompt_ids"][0])  # the policy saw its chat template
+    _, completions = rows_of(out)
+    final = []
+    for prompt, ids in zip([p for p in PROMPTS for _ in range(GROUP)], completions):
+        chat = [{"role": "user", "content": prompt}, {"role": "assistant", "content": tok.decode(ids)}]
+        final.append(model_score(rm.model, rm_tok, rm_tok.apply_chat_template(chat, tokenize=False),
+                                 add_special_tokens=False))
+    totals = torch.tensor(final).view(-1, GROUP)  # R(x, y_i): the last user message and the completion, RM template
+    expected_first = (totals - (totals.sum(-1, keepdim=True) - totals) / (GROUP - 1)).flatten()
+    torch.testing.assert_close(out["advantages"][:, 0].double(), expected_first.double(), rtol=1e-4, atol=1e-4)
+
+
 # ---------------------------------------------------------------- a 2-step run: what the loss receives
 
 
