@@ -181,9 +181,10 @@ def print_row(setup, scorers, recorder, rm: str, scheme: str, row: int = 0) -> N
     step = recorder.steps[0]
     prompt, response, n = rows_as_text(setup["tok"], step)[row]
     [scored] = scorers[rm][scheme].score([prompt], [response])
+    row_sum = float(step["token_level_scores"][row].sum())
     print(f"\n{rm} {scheme}, step 1 row {row}: prompt {prompt!r}\n"
           f"R(x) = {scored.prompt_score:.4f}  R(x, y) = {scored.final_score:.4f}  R(x, y) - R(x) = "
-          f"{scored.final_score - scored.prompt_score:.4f}  sum of verl's row = {float(step['token_level_scores'][row].sum()):.4f}")
+          f"{scored.final_score - scored.prompt_score:.4f}  sum of verl's row = {row_sum:.4f}")
     print(f"{'token':>18} {'verl token_level_scores':>24} {'red_rlhf scorer':>16}")
     for t in range(n):
         print(f"{scored.tokens[t]!r:>18} {float(step['token_level_scores'][row, t]):24.4f} {scored.rewards[t]:16.4f}")
@@ -210,8 +211,8 @@ def check_rows_equal_scorer(setup, scorers, recorder, rm: str, scheme: str):
     if scheme == "sparse":
         assert all(k == 1 for k, _ in nonzero), nonzero
     else:
-        assert all(k >= min(n, 3) for k, n in nonzero) and sum(k for k, _ in nonzero) >= sum(n for _, n in nonzero) / 2, \
-            nonzero
+        assert all(k >= min(n, 3) for k, n in nonzero), nonzero  # many per row, ...
+        assert sum(k for k, _ in nonzero) >= sum(n for _, n in nonzero) / 2, nonzero  # ... most tokens overall
     return nonzero
 
 
