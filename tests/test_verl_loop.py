@@ -88,7 +88,7 @@ def recipe_config(setup, rm: str, *extra: str, recipe: str = "red_ppo"):
         f"data.train_files={setup['train']}", f"data.val_files={setup['val']}",
         f"actor_rollout_ref.model.path={setup['policy']}", f"critic.model.path={setup['policy']}",
         f"reward.reward_model.model_path={setup[rm]}", f"reward.reward_kwargs.model={setup[rm]}",
-        "reward.reward_kwargs.prompt_text=decoded", "actor_rollout_ref.rollout.temperature=1.0",
+        "actor_rollout_ref.rollout.temperature=1.0",
         f"trainer.default_local_dir={setup['checkpoints']}",
         *support.cpu_overrides(steps=STEPS, batch=BATCH, response_length=RESPONSE_LENGTH), *extra]
     return support.compose_recipe(str(RECIPE), overrides, recipe)
@@ -111,16 +111,20 @@ def scorers(setup):
             for rm in ("rm_same", "rm_other")}
 
 
-def rows_as_text(tok, step):
-    """Each row's prompt and response as text, from the ids fit() trained on (prompts left-padded, responses right)."""
+def rows_as_text(tok, step, prompt_text: str = "decoded"):
+    """Each row's prompt and response as text, from the ids fit() trained on (prompts left-padded, responses right).
+    prompt_text "decoded": the prompt ids decoded, chat template included; "last_user": the user's message from
+    verl's raw_prompt (the recipe's setting: the reward model reads the message without the policy's template)."""
     prompts, responses, mask = step["prompts"], step["responses"], step["attention_mask"]
     width = prompts.shape[1]
     out = []
     for i in range(prompts.shape[0]):
         p = prompts[i][mask[i, :width].bool()].tolist()
         n = int(mask[i, width:].sum())
-        out.append((tok.decode(p, skip_special_tokens=False), tok.decode(responses[i, :n].tolist(),
-                                                                        skip_special_tokens=False), n))
+        prompt = tok.decode(p, skip_special_tokens=False)
+        if prompt_text == "last_user":
+            prompt = [m["content"] for m in step["non_tensor"]["raw_prompt"][i] if m["role"] == "user"][-1]
+        out.append((prompt, tok.decode(responses[i, :n].tolist(), skip_special_tokens=False), n))
     return out
 
 
@@ -176,10 +180,10 @@ def check_common(setup, recorder, trainer, before, after, *, critic: bool):
         assert prompt.startswith("<|im_start|>user\n") and prompt.endswith("<|im_start|>assistant\n")
 
 
-def print_row(setup, scorers, recorder, rm: str, scheme: str, row: int = 0) -> None:
+def print_row(setup, scorers, recorder, rm: str, scheme: str, prompt_text: str, row: int = 0) -> None:
     """One row of the first step (pytest -s): verl's token_level_scores beside red_rlhf's scorer on the same text."""
     step = recorder.steps[0]
-    prompt, response, n = rows_as_text(setup["tok"], step)[row]
+    prompt, response, n = rows_as_text(setup["tok"], step, prompt_text)[row]
     [scored] = scorers[rm][scheme].score([prompt], [response])
     row_sum = float(step["token_level_scores"][row].sum())
     print(f"\n{rm} {scheme}, step 1 row {row}: prompt {prompt!r}\n"
@@ -190,12 +194,12 @@ def print_row(setup, scorers, recorder, rm: str, scheme: str, row: int = 0) -> N
         print(f"{scored.tokens[t]!r:>18} {float(step['token_level_scores'][row, t]):24.4f} {scored.rewards[t]:16.4f}")
 
 
-def check_rows_equal_scorer(setup, scorers, recorder, rm: str, scheme: str):
+def check_rows_equal_scorer(setup, scorers, recorder, rm: str, scheme: str, prompt_text: str):
     """Every row of token_level_scores that fit() trained on equals red_rlhf's scorer on the same texts; it sums to
     R(x, y) - R(x) under RED; it has one non-zero token under sparse and many under RED."""
     nonzero = []
     for step in recorder.steps:
-        rows = rows_as_text(setup["tok"], step)
+        rows = rows_as_text(setup["tok"], step, prompt_text)
         scored = scorers[rm][scheme].score([p for p, _, _ in rows], [r for _, r, _ in rows])
         scores = step["token_level_scores"]
         for i, ((_, _, n), expected) in enumerate(zip(rows, scored)):
@@ -222,13 +226,18 @@ def run(setup, rm: str, *extra: str, recipe: str = "red_ppo"):
     return recorder, trainer, before, after
 
 
-@pytest.mark.parametrize("rm, scheme", [("rm_same", "red"), ("rm_other", "red"), ("rm_same", "sparse")])
-def test_verl_ppo_fit_with_red_manager(setup, cpu_verl, scorers, rm, scheme):
+@pytest.mark.parametrize("rm, scheme, prompt_text", [
+    ("rm_same", "red", "decoded"),  # the reward model reads the policy's ids as they are: one forward
+    ("rm_other", "red", "last_user"),  # the recipe's setting; other tokens: decoded once and aligned by characters
+    ("rm_same", "sparse", "decoded"),
+])
+def test_verl_ppo_fit_with_red_manager(setup, cpu_verl, scorers, rm, scheme, prompt_text):
     """GAE with verl's critic and the KL in the reward, as examples/verl/red_ppo.yaml sets them."""
-    recorder, trainer, before, after = run(setup, rm, f"reward.reward_kwargs.scheme={scheme}")
+    recorder, trainer, before, after = run(setup, rm, f"reward.reward_kwargs.scheme={scheme}",
+                                           f"reward.reward_kwargs.prompt_text={prompt_text}")
     check_common(setup, recorder, trainer, before, after, critic=True)
-    nonzero = check_rows_equal_scorer(setup, scorers, recorder, rm, scheme)
-    print_row(setup, scorers, recorder, rm, scheme)
+    nonzero = check_rows_equal_scorer(setup, scorers, recorder, rm, scheme, prompt_text)
+    print_row(setup, scorers, recorder, rm, scheme, prompt_text)
     print(f"\n{rm} {scheme}: non-zero tokens per row (of response length): {nonzero}")
     config = trainer.config.algorithm
     assert recorder.steps[0]["adv_estimator"] == "gae"
@@ -260,9 +269,10 @@ def test_verl_fit_with_red_group_estimator(setup, cpu_verl, scorers, estimator):
         pytest.skip(f"{estimator} is not registered with verl by red_rlhf.integrations.verl in this checkout")
     recorder, trainer, before, after = run(
         setup, "rm_same", f"algorithm.adv_estimator={estimator}", "critic.enable=false",
+        "reward.reward_kwargs.prompt_text=decoded",
         "actor_rollout_ref.rollout.n=2", "algorithm.use_kl_in_reward=false")
     check_common(setup, recorder, trainer, before, after, critic=False)
-    check_rows_equal_scorer(setup, scorers, recorder, "rm_same", "red")
+    check_rows_equal_scorer(setup, scorers, recorder, "rm_same", "red", "decoded")
     for step in recorder.steps:
         mask = step["response_mask"]
         for i in range(mask.shape[0]):
