@@ -3,7 +3,9 @@
 The recipe examples/verl/red_ppo.yaml is composed through verl's Hydra config with tiny local models and the CPU
 settings of tests/verl_loop_support.py (which also lists, with verl's file:line, what stands in for the GPU parts:
 the LLM server, the device, the worker processes). Everything between the dataset and the optimizer step is verl's.
-Skipped when verl is not installed (`make verl`).
+Each run trains 2 steps and is checked from inside fit(): the rows of token_level_scores against red_rlhf's own
+scorer on the same texts, GAE against a written-out reference, the weights, the logged metrics.
+Skipped when verl is not installed (`make verl`). `pytest -s` prints one row beside the scorer's.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from red_rlhf.models.sources import HFRewardModel  # noqa: E402
 from red_rlhf.models.tiny import CHATML_TEMPLATE, save_tiny_reward_model, tiny_reward_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+STEPS, BATCH, RESPONSE_LENGTH = 2, 4, 16  # per run: 2 PPO steps of 4 prompts, responses of up to 16 tokens
 RECIPE = ROOT / "examples" / "verl"
 PROMPTS = ["The movie was", "Hello world, how are you", "What a delightful", "Please explain how",
            "It rains in the city", "The food was cold", "I loved every minute", "A bad film with"]
@@ -92,9 +95,6 @@ def recipe_config(setup, rm: str, *extra: str, recipe: str = "red_ppo"):
         f"trainer.default_local_dir={setup['checkpoints']}",
         *support.cpu_overrides(steps=STEPS, batch=BATCH, response_length=RESPONSE_LENGTH), *extra]
     return support.compose_recipe(str(RECIPE), overrides, recipe)
-
-
-STEPS, BATCH, RESPONSE_LENGTH = 2, 4, 16
 
 
 @pytest.fixture(scope="module")
