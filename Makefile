@@ -1,7 +1,7 @@
 # Two commands do all set-up on a fresh machine (Python 3.10+ with venv):
 #   make demo   - build the environment, then run the main job (red-rlhf demo, about 12 minutes the first time on 2 CPU cores)
 #   make test   - build the environment, then run the test suite
-#   make verl   - add verl 0.9.1 and its runtime dependencies to the environment (README "Scaling out on verl");
+#   make verl   - add verl 0.9.1 and its runtime dependencies (TransferQueue included) to the environment (README "Scaling out on verl");
 #                 `make test` then also runs tests/test_verl.py (skipped, with the reason, without verl)
 # TORCH picks the torch build; the default is the CPU wheel. GPU users:
 #   make test TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cuXXX"   (see README)
@@ -28,10 +28,10 @@ $(STAMP): pyproject.toml
 # import and run on CPU with transformers 5.24.
 verl: $(VERL_STAMP)
 
-$(VERL_STAMP): $(STAMP)
+$(VERL_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test,verl]"
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(VERL)
-	$(BIN)/python -W ignore -c "import verl.trainer.ppo.ray_trainer, red_rlhf.integrations.verl"
+	$(BIN)/python -W ignore -c "import transfer_queue, verl.trainer.main_ppo, verl.trainer.main_ppo_v0, red_rlhf.integrations.verl"
 	touch $(VERL_STAMP)
 
 demo: $(STAMP)

@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from red_rlhf.core.advantages import KL_ESTIMATORS
+from red_rlhf.core.advantages import GROUP_ESTIMATORS, GROUP_SCALES, KL_ESTIMATORS
 from red_rlhf.core.redistribute import FIRST_TOKEN_RULES, SCHEMES
 
 
@@ -160,12 +160,21 @@ class KLConfig:
     """Adaptive controller: target KL per response (summed over tokens)."""
     horizon: int = 10000
     """Adaptive controller: horizon in samples."""
+    use_kl_loss: bool = False
+    """Where the KL to the reference goes (one place, never both). false: in the reward, r_t - coef * KL_t, so the
+    advantages carry it (the RED paper, verl's algorithm.use_kl_in_reward). true: as a loss term, coef * the mean
+    per-token KL of the current policy added to the policy loss, and no KL in the reward (GRPO's usual form: verl's
+    actor.use_kl_loss with kl_loss_coef, TRL's GRPOConfig.beta). coef, adaptive and estimator apply to either; the
+    loss needs estimator "k3" (verl's low_var_kl): k1's gradient on the sampled tokens is zero in expectation."""
 
 
 @dataclass
 class AlgoConfig:
     algorithm: str = "ppo"
-    """"ppo" (GAE and a critic) or "rloo" (leave-one-out baseline on per-token returns, no critic)."""
+    """"ppo" (GAE and a critic), or a critic-free group estimator on per-token returns-to-go of the
+    rollout.samples_per_prompt samples of each prompt: "rloo" (baseline: the mean full return of the other samples;
+    unbiased) or "grpo" (baseline: the group's mean full return, the sample itself included; the expected gradient is
+    (k - 1) / k of the true one). See core.advantages.group_advantages for the derivation."""
     epochs: int = 4
     """Passes over each rollout batch."""
     mini_batch_size: int = 8
@@ -190,6 +199,13 @@ class AlgoConfig:
     """GAE lambda."""
     whiten_advantages: bool = True
     """Normalise advantages to zero mean, unit variance per batch."""
+    scale_advantages: str = "none"
+    """rloo / grpo only, in place of whiten_advantages: "none"; "batch" divides every advantage by ONE standard
+    deviation, that of the full returns over the global batch (a step size; the baselines stay); "group" divides by
+    each prompt's std of full returns (the original GRPO; verl's norm_adv_by_std_in_grpo, TRL's scale_rewards
+    "group"). "group" is refused unless every token of a sample has the same return (reward.scheme sparse, KL not in
+    the reward): a per-group std does not cancel the per-token part of the return, so it biases the gradient and
+    blows up on near-tied groups."""
     whiten_rewards: bool = False
     """Scale the KL-shaped per-token rewards to unit variance per batch (mean kept), before GAE."""
     max_grad_norm: float = 1.0
@@ -350,7 +366,7 @@ def validate(cfg: Config) -> Config:
     if k.adaptive:
         _positive("kl.target", k.target)
         _positive("kl.horizon", k.horizon)
-    _choice("algo.algorithm", a.algorithm, ("ppo", "rloo"))
+    _choice("algo.algorithm", a.algorithm, ("ppo", *GROUP_ESTIMATORS))
     _choice("algo.lr_schedule", a.lr_schedule, ("constant", "linear"))
     _choice("algo.critic_init", a.critic_init, ("reward", "reward-trunk", "policy"))
     for name in ("epochs", "mini_batch_size", "grad_accum", "policy_lr", "critic_lr", "clip_range", "max_grad_norm"):
@@ -369,8 +385,10 @@ def validate(cfg: Config) -> Config:
         )
     if a.mini_batch_size % a.grad_accum:
         raise ConfigError(f"algo.grad_accum={a.grad_accum} must divide algo.mini_batch_size={a.mini_batch_size}")
-    if a.algorithm == "rloo" and ro.samples_per_prompt < 2:
-        raise ConfigError("algo.algorithm 'rloo' needs rollout.samples_per_prompt >= 2")
+    if a.algorithm in GROUP_ESTIMATORS and ro.samples_per_prompt < 2:
+        raise ConfigError(f"algo.algorithm {a.algorithm!r} needs rollout.samples_per_prompt >= 2 (a group of one sample "
+                          "has no baseline)")
+    _validate_group_scaling(cfg)
     if a.algorithm == "ppo" and a.critic_init in ("reward", "reward-trunk") and primary_source(cfg).model is None:
         raise ConfigError(f"algo.critic_init {a.critic_init!r} copies the reward model, but the reward is a function "
                           "(or, with reward.sources, the first reward source is): use 'policy'")
@@ -391,6 +409,36 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("train.merge_lora merges LoRA adapters, but policy.lora_r is 0 (no adapters)")
     _validate_precision(cfg)
     return cfg
+
+
+def _validate_group_scaling(cfg: Config) -> None:
+    """algo.scale_advantages and kl.use_kl_loss: the combinations that cannot mean what they say."""
+    a, k = cfg.algo, cfg.kl
+    _choice("algo.scale_advantages", a.scale_advantages, GROUP_SCALES)
+    if k.use_kl_loss and k.estimator != "k3":
+        raise ConfigError(f"kl.use_kl_loss needs kl.estimator 'k3', got {k.estimator!r}: as a loss on the sampled tokens, "
+                          "k1 = log pi - log pi_ref has zero expected gradient (k3 is verl's low_var_kl, TRL's)")
+    if a.scale_advantages == "none":
+        return
+    if a.algorithm not in GROUP_ESTIMATORS:
+        raise ConfigError(f"algo.scale_advantages {a.scale_advantages!r} applies to algo.algorithm rloo or grpo; "
+                          f"{a.algorithm!r} uses algo.whiten_advantages")
+    if a.whiten_advantages:
+        raise ConfigError(f"algo.scale_advantages {a.scale_advantages!r} and algo.whiten_advantages both rescale the "
+                          "advantages: set algo.whiten_advantages=false")
+    if a.scale_advantages == "group":
+        dense = [f"reward.scheme {s.scheme!r} for source {s.name}" for s in reward_sources(cfg) if s.scheme != "sparse"]
+        if dense:
+            raise ConfigError(
+                f"algo.scale_advantages 'group' divides each prompt's advantages by the std of its full returns; with "
+                f"token-level rewards ({', '.join(dense)}) a token's return-to-go keeps a "
+                "per-token part that this std does not cancel, so the estimator is biased and blows up on near-tied "
+                "groups (std near 0). Use algo.scale_advantages 'batch' (one std for the whole batch) or 'none'")
+        if k.coef > 0 and not k.use_kl_loss:
+            raise ConfigError(
+                "algo.scale_advantages 'group' with the KL in the reward (kl.coef > 0, kl.use_kl_loss false): each "
+                "token's return carries its own KL-to-go, which a per-group std does not cancel (biased, and it blows "
+                "up on near-tied groups). Set kl.use_kl_loss=true (and kl.estimator=k3), or use 'batch' or 'none'")
 
 
 def _validate_data(cfg: Config) -> None:

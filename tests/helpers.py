@@ -150,9 +150,47 @@ def torchrun(n: int, *args: str, check: bool = True) -> subprocess.CompletedProc
     return done
 
 
-def run_workers(n: int, out: Path) -> dict:
-    """One PPO step of tests/dp_worker.py on n processes; what it saved (weights, stats)."""
-    torchrun(n, str(ROOT / "tests" / "dp_worker.py"), str(out))
+# ---------------------------------------------------------------- a two-token bandit, enumerated exactly
+
+
+def bandit_gradients(advantage_fn, k: int, scheme: str = "red"):
+    """The exact expectation of a per-token policy-gradient estimator on a two-token bandit, and the true gradient.
+
+    Tokens y1, y2 in {0, 1}; tabular policy pi(y1) = softmax(a), pi(y2 | y1) = softmax(b[y1]). The reward model scores
+    the prompt s0, the first token s1(y1) and the response R(y1, y2); "red" rewards are s1 - s0 and R - s1, "sparse"
+    ones 0 and R. Every group of k samples (all 4^k of them, in one batch, group g's rows sharing id g) goes through
+    advantage_fn(rewards (N k, 2), mask (N k, 2), group_ids (N k,)) -> advantages (N k, 2); the estimator is
+    sum_i sum_t A_{i,t} grad log pi(y_{i,t} | .) / k. Returns (expected gradient, true gradient), each (grad a, grad b).
+    """
+    import itertools
+
+    from red_rlhf.core.redistribute import redistribute
+
+    a = torch.tensor([0.3, -0.2], dtype=torch.float64, requires_grad=True)
+    b = torch.tensor([[0.5, -0.1], [-0.4, 0.2]], dtype=torch.float64, requires_grad=True)
+    final = {(0, 0): 1.0, (0, 1): -0.5, (1, 0): 2.0, (1, 1): 0.25}
+    s1, s0 = {0: 0.7, 1: -1.3}, 0.4
+    outcomes = list(itertools.product([0, 1], repeat=2))
+    rows = [y for group in itertools.product(outcomes, repeat=k) for y in group]  # (N k) samples, groups adjacent
+    y1, y2 = torch.tensor([y[0] for y in rows]), torch.tensor([y[1] for y in rows])
+    scores = torch.tensor([[s0, s1[y[0]], final[y]] for y in rows], dtype=torch.float64)
+    if scheme == "red":
+        rewards = redistribute(scores, torch.tensor([[False, True, True]] * len(rows)))[:, 1:]
+    else:
+        rewards = torch.stack([torch.zeros(len(rows), dtype=torch.float64), scores[:, 2]], 1)
+    advantages = advantage_fn(rewards, torch.ones(len(rows), 2, dtype=torch.bool), torch.arange(len(rows)) // k)
+    token_logps = torch.stack([torch.log_softmax(a, 0)[y1], torch.log_softmax(b, 1)[y1, y2]], 1)  # (N k, 2)
+    group_prob = token_logps.sum(1).exp().detach().view(-1, k).prod(1).repeat_interleave(k)  # (N k,)
+    surrogate = (group_prob[:, None] * advantages.detach() * token_logps).sum() / k
+    expected = torch.autograd.grad(surrogate, (a, b))
+    true_objective = sum((torch.log_softmax(a, 0)[y[0]] + torch.log_softmax(b[y[0]], 0)[y[1]]).exp() * final[y]
+                         for y in outcomes)
+    return expected, torch.autograd.grad(true_objective, (a, b))
+
+
+def run_workers(n: int, out: Path, algorithm: str = "ppo") -> dict:
+    """One step of tests/dp_worker.py (PPO or GRPO) on n processes; what it saved (weights, stats)."""
+    torchrun(n, str(ROOT / "tests" / "dp_worker.py"), str(out), algorithm)
     return torch.load(out, weights_only=False)
 
 

@@ -14,6 +14,7 @@ from red_rlhf.core.losses import policy_loss, value_loss
 from red_rlhf.core.redistribute import redistribute
 from red_rlhf.core.reward_assembly import RewardSettings, SourceScores, assemble_rewards
 from red_rlhf.training.rollout import truncate_at_eos
+from tests.helpers import bandit_gradients
 
 
 def right_padded(batch=6, width=9, seed=0):
@@ -181,3 +182,31 @@ def test_group_advantages_with_consecutive_groups_equal_rloo_advantages():
     mask = torch.arange(5)[None, :] < lengths[:, None]
     torch.testing.assert_close(group_advantages(rewards, mask, torch.arange(8) // 4, "rloo"),
                                rloo_advantages(rewards, mask, 4))
+
+
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("estimator", ["rloo", "grpo"])
+def test_group_estimators_on_red_rewards_by_exact_enumeration(estimator, k):
+    """rloo's expected gradient is the true one; grpo's, whose baseline includes the sample itself, (k - 1) / k of it."""
+    expected, true = bandit_gradients(lambda r, m, ids: group_advantages(r, m, ids, estimator), k)
+    factor = 1.0 if estimator == "rloo" else (k - 1) / k
+    for got, want in zip(expected, true):
+        torch.testing.assert_close(got, factor * want)
+        assert want.abs().max() > 0.05  # a real gradient, so the factor is tested
+
+
+def test_per_group_std_with_red_rewards_explodes_on_tied_groups():
+    """Why callers refuse scale "group" for RED: a group whose full returns tie (same response twice) has std 0, and
+    only eps guards the per-token part -(s_{t-1} - s_0) of the advantages; with the sparse reward that group's
+    advantages are all 0. Enumerated exactly (k = 2), the RED estimator's mean is ~1/eps off, the sparse one is not."""
+    def per_group(r, m, ids):
+        return group_advantages(r, m, ids, "grpo", scale="group")
+
+    red, true = bandit_gradients(per_group, 2)
+    sparse, _ = bandit_gradients(per_group, 2, scheme="sparse")
+    true_norm = torch.cat([g.flatten() for g in true]).norm()
+    assert torch.cat([g.flatten() for g in red]).norm() > 1e4 * true_norm
+    assert torch.cat([g.flatten() for g in sparse]).norm() < 10 * true_norm
+    red3, true3 = bandit_gradients(per_group, 3)  # k = 3: the direction itself is wrong (README quotes it)
+    red3, true3 = torch.cat([g.flatten() for g in red3]), torch.cat([g.flatten() for g in true3])
+    assert torch.dot(red3, true3) / (red3.norm() * true3.norm()) < -0.8

@@ -26,6 +26,23 @@ def test_two_processes_take_the_same_step_as_one(tmp_path):
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is tested on Linux")
+def test_grpo_two_processes_take_the_same_step_as_one(tmp_path):
+    """GRPO with the KL as a loss term and one batch-level std: each process holds whole groups (its own prompts'
+    samples); the std of full returns and the token normaliser are global, so 2 x 4 rollouts equal 1 x 8."""
+    one = run_workers(1, tmp_path / "one.pt", "grpo")
+    two = run_workers(2, tmp_path / "two.pt", "grpo")
+    assert "critic" not in one
+    for name, value in one["policy"].items():
+        torch.testing.assert_close(two["policy"][name], value, rtol=1e-4, atol=1e-5, msg=f"policy.{name}")
+    for key in ("policy_loss", "kl_loss"):
+        assert one["stats"][key] != 0 and two["stats"][key] == pytest.approx(one["stats"][key], rel=1e-4, abs=1e-6)
+    from red_rlhf.models.tiny import toy_policy, toy_tokenizer
+
+    initial = toy_policy(toy_tokenizer(), seed=0).state_dict()
+    assert any(not torch.allclose(initial[n], v) for n, v in one["policy"].items() if n in initial)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is tested on Linux")
 def test_the_trainer_runs_as_two_processes_and_resumes(tmp_path):
     out = tmp_path / "ddp"
     common = ["-m", "red_rlhf.cli", "train", "--config", "configs/toy.yaml", "--train.save_every=1",

@@ -173,8 +173,8 @@ def test_sources_load_once_per_process(paths):
     ({"reward.reward_model.enable": False, "reward.reward_kwargs": {}}, "streaming route"),  # the route comes first
     ({"reward.reward_kwargs": {}}, "reward.reward_kwargs is empty"),
     ({"reward.custom_reward_function.path": None}, "reward.custom_reward_function.path is not set"),
-    ({"algorithm.adv_estimator": "grpo"}, "use algorithm.adv_estimator=gae"),
-    ({"algorithm.adv_estimator": "rloo"}, "reinforce_plus_plus"),
+    ({"algorithm.adv_estimator": "grpo"}, "use algorithm.adv_estimator=red_grpo"),
+    ({"algorithm.adv_estimator": "rloo"}, "use algorithm.adv_estimator=red_rloo"),
     ({"algorithm.adv_estimator": "my_estimator"}, "reward.reward_kwargs.allow_estimator=my_estimator"),
     ({"reward.reward_kwargs.sheme": "red"}, "unknown config key reward.reward_kwargs.sheme"),
     ({"reward.reward_kwargs.scheme": "dense"}, "reward.reward_kwargs.scheme must be one of"),

@@ -133,7 +133,12 @@ def group_advantages(rewards: torch.Tensor, mask: torch.Tensor, group_ids: torch
     gradient is unchanged while each token gets credit of its own. Summing each row first (what GRPO/RLOO do in
     verl, TRL and OpenRLHF) gives every token R(x, y_i) - R(x) - baseline and throws the redistribution away.
     rloo's baseline does not depend on sample i, so it is unbiased; grpo's contains G_{i,1} / k, which scales the
-    expected gradient by (k - 1) / k (same direction). With the sparse reward and no KL in the reward, G_{i,t} =
+    expected gradient by (k - 1) / k (same direction). With m_{-i} the others' mean full return,
+
+        A^grpo_{i,t} = (k - 1) / k * (G_{i,t} - m_{-i}) + (G_{i,t} - G_{i,1}) / k,
+
+    the first term (k - 1) / k times rloo's; at gamma = 1 the second is minus the rewards before token t, over k (for
+    RED without KL, (s_{i,0} - s_{i,t-1}) / k): a function of the prefix before t, whose expected gradient is 0. With the sparse reward and no KL in the reward, G_{i,t} =
     R(x, y_i) at every t, and both are exactly the standard RLOO / GRPO (without std scaling).
 
     A group of one sample has no other sample to compare with: its baseline is 0 (callers warn).

@@ -7,7 +7,7 @@ verl loads it by config (see README "Scaling out on verl" and examples/verl/):
     reward.reward_model.enable=True reward.reward_model.enable_resource_pool=False
     reward.custom_reward_function.path=pkg://red_rlhf.integrations.verl reward.custom_reward_function.name=compute_score
     +reward.reward_kwargs.model=<reward model> +reward.reward_kwargs.scheme=red    (red_rlhf's reward section)
-    algorithm.adv_estimator=gae                                                     (or reinforce_plus_plus)
+    algorithm.adv_estimator=gae            (PPO with a critic; or red_grpo / red_rloo without one, rollout.n >= 2)
 
 How a batch flows (verl 0.9.1, experimental/reward_loop/reward_loop.py): the trainer's colocated reward step
 splits the batch over `reward.num_workers` Ray workers; each worker calls `run_single` on every one-row DataProto
@@ -17,6 +17,10 @@ Each row gets back a list with one reward per response token; `assemble_rm_score
 the driver, :361-362) lays the lists into the (B, response_len) `rm_scores` tensor, which becomes
 `token_level_scores`, then verl's `apply_kl_penalty` (when algorithm.use_kl_in_reward) and `compute_advantage`.
 The reward sources are loaded once per process (a worker may build several managers; they share the models).
+
+Importing this module also registers the critic-free estimators `red_rloo` and `red_grpo` with verl
+(`verl_estimators`): verl imports it in the process that computes advantages when it resolves the manager class
+(docs/verl.md, "The estimators").
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import torch
 from verl import DataProto
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 
+from red_rlhf.integrations import verl_estimators  # noqa: F401  (registers red_rloo / red_grpo with verl)
 from red_rlhf.integrations.verl_batch import RowBatch, rows_to_batch
 from red_rlhf.integrations.verl_scoring import load_sources, score_batch
 from red_rlhf.integrations.verl_settings import check_route, read_settings

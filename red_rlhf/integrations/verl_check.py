@@ -8,6 +8,14 @@ as verl does (prompt left-padded (v0) or right-padded (v1), response right-padde
 with verl's RewardLoopWorker (which loads REDRewardManager through verl's load_reward_manager), assembles verl's
 rm_scores tensor, and runs verl's compute_advantage (GAE, values 0, gamma = lam = 1) on it. It prints, per response
 token: the token, its RED reward, verl's GAE return and verl's (whitened) GAE advantage.
+
+    python -m red_rlhf.integrations.verl_check --config examples/verl/red_ppo.yaml [HYDRA OVERRIDES ...]
+
+checks a whole verl config on CPU before a GPU run: it composes the config as `python -m verl.trainer.main_ppo`
+does (Hydra, verl's validate_config), checks the RED route and reward_kwargs, loads the reward sources (on the CPU)
+and the policy's tokenizer, reads the first training prompt through verl's own RLHFDataset, and prints that prompt's
+row (with --response, or a fixed sample response) as above. It runs no training step: generation and the update
+run on verl's GPU workers, which a CPU stand-in would not check (README "Scaling out on verl").
 """
 
 from __future__ import annotations
@@ -94,25 +102,65 @@ def gae_on(data: DataProto, rm_scores: torch.Tensor) -> DataProto:
     return compute_advantage(data, AdvantageEstimator.GAE, gamma=1.0, lam=1.0, config=AlgoConfig())
 
 
-def main(argv: list[str] | None = None) -> None:
+SAMPLE_RESPONSE = "Thank you for asking. Here is a short, helpful answer."
+
+
+def compose_user_config(config_file: str, overrides: list[str]):
+    """A verl config file (+ Hydra overrides) composed and validated as verl's entry point does (main_ppo.py:170-176)."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    path = Path(config_file).expanduser().resolve()
+    if not path.is_file():
+        raise SystemExit(f"--config {config_file}: no such file")
+    with initialize_config_dir(config_dir=str(path.parent), version_base=None):
+        config = compose(config_name=path.stem, overrides=overrides)
+    validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    return config
+
+
+def first_prompt(config, tok) -> tuple[list[int], str]:
+    """The first training prompt as verl's RLHFDataset reads it, rendered with the policy's chat template as verl's
+    agent loop does (add_generation_prompt); returns (token ids, the last user message)."""
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    files = config.data.train_files
+    dataset = RLHFDataset(list(files) if not isinstance(files, str) else files, tok, config.data)
+    if len(dataset) == 0:
+        raise SystemExit(f"data.train_files {files}: no prompts after verl's filters (max_prompt_length "
+                         f"{config.data.max_prompt_length})")
+    messages = dataset[0]["raw_prompt"]
+    ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+    user = [m["content"] for m in messages if m.get("role") == "user"]
+    return list(ids), (user[-1] if user else "")
+
+
+def check_user_config(config, response_text: str | None):
+    """The route, the reward settings, the sources on CPU, the first prompt; returns (tokenizer, prompt ids, raw
+    prompt, response ids, config for the reward step)."""
     from transformers import AutoTokenizer
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reward-model", required=True, help="HF reward model name or local path")
-    parser.add_argument("--policy-tokenizer", help="the policy's tokenizer (default: the reward model's)")
-    parser.add_argument("--prompt", required=True)
-    parser.add_argument("--response", required=True, help="the response text; the policy's EOS is appended")
-    parser.add_argument("--layout", choices=("v0", "v1"), default="v1", help="verl trainer layout (v1 is the default)")
-    parser.add_argument("--scheme", default="red")
-    args = parser.parse_args(argv)
-    policy = args.policy_tokenizer or args.reward_model
-    tok = AutoTokenizer.from_pretrained(policy)
-    response = tok(args.response, add_special_tokens=False).input_ids + [tok.eos_token_id]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    data = verl_layout([tok(args.prompt).input_ids], [response], pad, len(response) + 2, args.layout, [args.prompt])
-    config = red_config(policy, args.reward_model, scheme=args.scheme)
-    rm_scores, outputs = rm_scores_through_verl(config, data)
-    data = gae_on(data, rm_scores)
+    from red_rlhf.integrations.verl_settings import check_route, read_settings
+
+    check_route(config)
+    read_settings(config.reward.get("reward_kwargs"))
+    with open_dict(config):
+        if str(config.reward.reward_kwargs.get("device", "auto")) != "cpu":
+            print(f"note: reward.reward_kwargs.device={config.reward.reward_kwargs.get('device', 'auto')} is run on "
+                  "the cpu for this check")
+        config.reward.reward_kwargs.device = "cpu"
+    tok = AutoTokenizer.from_pretrained(config.actor_rollout_ref.model.path)
+    prompt_ids, raw = first_prompt(config, tok)
+    eos = tok.eos_token_id
+    response = tok(response_text or SAMPLE_RESPONSE, add_special_tokens=False).input_ids + ([eos] if eos is not None else [])
+    return tok, prompt_ids, raw, response, config
+
+
+def print_row(tok, response: list[int], rm_scores: torch.Tensor, data: DataProto, outputs: list[dict]) -> None:
     info = outputs[0]["reward_extra_info"]
     print(f"R(x) = {info['red_prompt_score']:.4f}   R(x, y) = {info['red_score']:.4f}   "
           f"sum of token rewards = {float(rm_scores[0].sum()):.4f}")
@@ -120,6 +168,41 @@ def main(argv: list[str] | None = None) -> None:
     for t, token_id in enumerate(response):
         print(f"{tok.decode([token_id])!r:>16} {float(rm_scores[0, t]):9.4f} {float(data.batch['returns'][0, t]):9.4f} "
               f"{float(data.batch['advantages'][0, t]):9.4f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    from transformers import AutoTokenizer
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="a verl config file to check (e.g. examples/verl/red_ppo.yaml); Hydra "
+                                         "overrides follow as extra arguments")
+    parser.add_argument("--reward-model", help="HF reward model name or local path (without --config)")
+    parser.add_argument("--policy-tokenizer", help="the policy's tokenizer (default: the reward model's)")
+    parser.add_argument("--prompt", help="the prompt text (without --config)")
+    parser.add_argument("--response", help="the response text; the policy's EOS is appended")
+    parser.add_argument("--layout", choices=("v0", "v1"), default="v1", help="verl trainer layout (v1 is the default)")
+    parser.add_argument("--scheme", default="red")
+    args, overrides = parser.parse_known_args(argv)
+    if args.config:
+        config = compose_user_config(args.config, overrides)
+        tok, prompt_ids, raw, response, config = check_user_config(config, args.response)
+        layout = "v1" if config.trainer.get("use_v1", True) else "v0"
+        print(f"{args.config}: composed and validated by verl; RED route and reward.reward_kwargs accepted; "
+              f"adv_estimator={config.algorithm.adv_estimator}; trainer {layout}")
+    else:
+        if overrides:
+            parser.error(f"unrecognised arguments: {' '.join(overrides)} (Hydra overrides go with --config)")
+        if not (args.reward_model and args.prompt and args.response):
+            parser.error("give --config FILE, or --reward-model, --prompt and --response")
+        policy = args.policy_tokenizer or args.reward_model
+        tok = AutoTokenizer.from_pretrained(policy)
+        response = tok(args.response, add_special_tokens=False).input_ids + [tok.eos_token_id]
+        prompt_ids, raw, layout = tok(args.prompt).input_ids, args.prompt, args.layout
+        config = red_config(policy, args.reward_model, scheme=args.scheme)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    data = verl_layout([prompt_ids], [response], pad, len(response) + 2, layout, [raw])
+    rm_scores, outputs = rm_scores_through_verl(config, data)
+    print_row(tok, response, rm_scores, gae_on(data, rm_scores), outputs)
 
 
 if __name__ == "__main__":

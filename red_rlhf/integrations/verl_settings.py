@@ -6,8 +6,10 @@ Two things are checked, each with an error that names the key to change:
    reward-model route (`reward.reward_model.enable=True`, `enable_resource_pool=False`, and
    `reward.custom_reward_function.path` set, so that verl calls the manager's `run_single`; without it verl asks
    its served reward model for one scalar). Every other route keeps one float per response at the last token.
-   The advantage estimator must read the rewards token by token: GAE, REINFORCE++ and a few others do; GRPO, RLOO
-   and the other group estimators sum each row first, which turns RED back into the sparse reward.
+   The advantage estimator must read the rewards token by token: GAE, REINFORCE++, red_rloo / red_grpo (this
+   package's group estimators, `verl_estimators`) and a few others do; verl's GRPO, RLOO and the other group
+   estimators sum each row first, which turns RED back into the sparse reward. An estimator must also be able to
+   run on the trainer in use (see TRAINER_INPUTS).
 2. `reward.reward_kwargs`: red_rlhf's own `reward` config section (the keys of `red_rlhf.config.RewardConfig`:
    model / function / sources, scheme, beta_c, first_token, score_shift/scale/clip, missing_eos_penalty, ...),
    validated by red_rlhf's validator, plus the verl-only keys in VERL_KEYS.
@@ -22,11 +24,21 @@ from red_rlhf.config import Config, ConfigError, RewardConfig, from_dict, reward
 
 # verl 0.9.1 trainer/ppo/core_algos.py: these estimators use token_level_rewards position by position
 # (GAE :216-262, REINFORCE++ :693-731, ReMax's return-to-go :735-767, the optimal token baselines :872, :991).
-TOKEN_WISE_ESTIMATORS = ("gae", "reinforce_plus_plus", "remax", "optimal_token_baseline", "tir_optimal_token_baseline")
+# red_rloo / red_grpo: red_rlhf.integrations.verl_estimators (returns-to-go minus a group baseline).
+TOKEN_WISE_ESTIMATORS = ("gae", "reinforce_plus_plus", "remax", "optimal_token_baseline", "tir_optimal_token_baseline",
+                         "red_rloo", "red_grpo")
+GROUP_ESTIMATORS = {"red_rloo": "rloo", "red_grpo": "grpo"}  # ours -> verl's summing counterpart
 # ... and these sum each row first (`scores = token_level_rewards.sum(dim=-1)`: :304, :350, :501, :562, :612, :665,
 # :802, :858; GDPO sums per reward dimension): a per-token reward changes nothing under them.
 SUMMING_ESTIMATORS = ("grpo", "grpo_vectorized", "grpo_passk", "gdpo", "reinforce_plus_plus_baseline", "rloo",
                       "rloo_vectorized", "opo", "gpg")
+
+# Inputs an estimator needs that verl's v1 trainer (trainer.use_v1, the default) never puts in the batch it hands
+# to compute_advantage: it fetches only uid, response_mask, rm_scores, rollout_log_probs, old_log_probs,
+# ref_log_prob and values (trainer/ppo/v1/trainer_base.py:1745); ReMax's greedy baseline is computed by the legacy
+# trainer only (ray_trainer.py:1493-1535), the optimal token baselines assert sum_pi_squared (ray_trainer.py:265-271).
+TRAINER_INPUTS = {"remax": "reward_baselines", "optimal_token_baseline": "sum_pi_squared",
+                  "tir_optimal_token_baseline": "sum_pi_squared"}
 
 KWARGS = "reward.reward_kwargs"
 VERL_KEYS = {
@@ -129,12 +141,32 @@ def check_route(config) -> None:
             "for one scalar and never calls this manager's run_single. Set: " + ROUTE_FIX)
     estimator = str(_get(config, "algorithm.adv_estimator", "gae"))
     allow_estimator = _get(config, f"{KWARGS}.allow_estimator")
+    if estimator in GROUP_ESTIMATORS.values():
+        ours = next(name for name, theirs in GROUP_ESTIMATORS.items() if theirs == estimator)
+        raise ConfigError(
+            f"algorithm.adv_estimator={estimator} sums each response's token rewards before using them, so RED's "
+            f"redistribution would change nothing (every row sums to R(x, y) - R(x)); use algorithm.adv_estimator="
+            f"{ours}: the same group baseline on each token's return-to-go (equal to {estimator} with the sparse "
+            "reward), registered with verl by this module. Or gae (PPO with a critic)")
     if estimator in SUMMING_ESTIMATORS:
         raise ConfigError(
             f"algorithm.adv_estimator={estimator} sums each response's token rewards before using them, so RED's "
-            "redistribution would change nothing (every row sums to R(x, y) - R(x)); use algorithm.adv_estimator=gae "
-            "(PPO with a critic) or reinforce_plus_plus (no critic), which read the rewards token by token")
+            "redistribution would change nothing (every row sums to R(x, y) - R(x)); use algorithm.adv_estimator="
+            "red_grpo or red_rloo (critic-free, per-token returns-to-go with a group baseline), gae (PPO with a "
+            "critic) or reinforce_plus_plus, which read the rewards token by token")
     if estimator not in TOKEN_WISE_ESTIMATORS and estimator != allow_estimator:
         raise ConfigError(
             f"algorithm.adv_estimator={estimator} is not one RED knows to read token_level_rewards token by token "
             f"({', '.join(TOKEN_WISE_ESTIMATORS)}); if it does, set {KWARGS}.allow_estimator={estimator}")
+    if estimator in TRAINER_INPUTS and _get(config, "trainer.use_v1", True):
+        raise ConfigError(
+            f"algorithm.adv_estimator={estimator} needs {TRAINER_INPUTS[estimator]}, which verl's v1 trainer "
+            "(trainer.use_v1=True, the default) never fetches for compute_advantage (trainer/ppo/v1/trainer_base.py:"
+            "1745): use red_grpo, red_rloo, reinforce_plus_plus or gae, or the legacy trainer (trainer.use_v1=False)")
+    if estimator in GROUP_ESTIMATORS:
+        n = _get(config, "actor_rollout_ref.rollout.n", 1)
+        if int(n) < 2:
+            raise ConfigError(
+                f"algorithm.adv_estimator={estimator} compares the responses to one prompt, but "
+                f"actor_rollout_ref.rollout.n={n}: every group would have one response and baseline 0; set "
+                "actor_rollout_ref.rollout.n >= 2 (4 to 8 is usual)")

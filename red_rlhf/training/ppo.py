@@ -8,12 +8,13 @@ process, an all-reduce under accelerate.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from red_rlhf.core.advantages import gae, masked_whiten, rloo_advantages
+from red_rlhf.core.advantages import gae, group_advantages, kl_per_token, masked_whiten
 from red_rlhf.config import Config
 from red_rlhf.core.losses import entropy_from_logits, policy_loss, value_loss
 from red_rlhf.training.guards import STOPPED, NonFiniteError
@@ -58,7 +59,11 @@ class Experience:
 
 
 def compute_advantages(cfg: Config, rollout: Rollout, shaped: torch.Tensor, reduce: Reduce = local_sum) -> Experience:
-    """Phase 5: GAE (PPO) or leave-one-out returns-to-go (RLOO), optionally whitened over the global batch."""
+    """Phase 5: GAE (PPO) or a group estimator on returns-to-go (RLOO, GRPO: `group_advantages`, rows grouped by
+    `rollout.group_ids`, never by position), optionally whitened or scaled over the global batch.
+
+    Groups live within one process's rollouts (each process samples all k responses of its own prompts); only the
+    whitening and the "batch" std are global (`reduce`)."""
     mask = rollout.response_mask
     a = cfg.algo
     if a.whiten_rewards:
@@ -66,10 +71,26 @@ def compute_advantages(cfg: Config, rollout: Rollout, shaped: torch.Tensor, redu
     if a.algorithm == "ppo":
         advantages, returns = gae(shaped, rollout.values, mask, a.gamma, a.lam)
     else:
-        advantages, returns = rloo_advantages(shaped, mask, cfg.rollout.samples_per_prompt, a.gamma), None
+        if rollout.group_ids is None:
+            raise ValueError(f"algo.algorithm {a.algorithm!r} groups rows by prompt, but the rollout has no group_ids: "
+                             "give each row the id of its prompt (Rollout.group_ids, (B,))")
+        warn_singleton_groups(rollout.group_ids)
+        advantages = group_advantages(shaped, mask, rollout.group_ids, a.algorithm, a.gamma, a.scale_advantages,
+                                      reduce=reduce)
+        returns = None
     if a.whiten_advantages:
         advantages = masked_whiten(advantages, mask, reduce=reduce)
     return Experience(rollout, advantages, returns)
+
+
+def warn_singleton_groups(group_ids: torch.Tensor) -> None:
+    """A group of one sample has no other sample to compare with: group_advantages gives it baseline 0 (its raw
+    return-to-go as advantage). Say so, since it usually means rows were filtered or split from their group."""
+    _, counts = torch.unique(group_ids, return_counts=True)
+    alone = int((counts == 1).sum())
+    if alone:
+        warnings.warn(f"{alone} of {len(counts)} prompt groups have a single sample: their baseline is 0 (no other "
+                      "sample of the prompt to compare with)", stacklevel=3)
 
 
 def _micro_batches(cfg: Config, size: int, generator: torch.Generator):
@@ -84,11 +105,13 @@ def _micro_batches(cfg: Config, size: int, generator: torch.Generator):
 
 def update(cfg: Config, exp: Experience, policy, critic, policy_opt, critic_opt, *, backward=None, clip_grad=None,
            reduce: Reduce = local_sum, generator: torch.Generator | None = None, step: int = 0,
-           first_pass: FirstPass | None = None) -> dict[str, float]:
+           first_pass: FirstPass | None = None, kl_loss_coef: float = 0.0) -> dict[str, float]:
     """Phase 6: PPO epochs x mini-batches x gradient-accumulation micro-batches. Returns mean diagnostics.
 
     `first_pass`: the rollout's forward passes with their graphs, used in place of the first micro-batch's own
     passes (only where `first_step_reuses_rollout`: that micro-batch is then the whole batch, weights unchanged).
+    `kl_loss_coef` (kl.use_kl_loss): adds kl_loss_coef * the per-token KL (kl.estimator, k3) of the current policy to
+    the reference to the policy loss, aggregated like the policy loss.
 
     Losses are token sums divided by the global token count of their mini-batch (per process, as DDP averages
     gradients), so 2 processes x b rollouts take the same step as 1 process x 2b. backward / clip_grad default to plain torch (accelerate passes its own).
@@ -111,7 +134,7 @@ def update(cfg: Config, exp: Experience, policy, critic, policy_opt, critic_opt,
         for mini_number, mini in enumerate(epoch, start=1):
             # global token count of this mini-batch, per process: DDP averages the processes' gradients
             tokens = reduce(ro.response_mask[torch.cat(mini)].sum().float()).item() / world
-            mini_loss = {"policy_loss": 0.0, "value_loss": 0.0}
+            mini_loss = {"policy_loss": 0.0, "value_loss": 0.0, **({"kl_loss": 0.0} if kl_loss_coef else {})}
             mini_kl = []
             for micro in mini:
                 m = ro.response_mask[micro]
@@ -126,13 +149,18 @@ def update(cfg: Config, exp: Experience, policy, critic, policy_opt, critic_opt,
                     logprobs = token_logprobs(logits, ro.response_ids[micro])
                     entropy = entropy_from_logits(logits) if a.entropy_coef else None  # (b, R)
                 pl = policy_loss(logprobs, ro.logprobs[micro], exp.advantages[micro], m, a.clip_range, normalizer=tokens)
+                loss = pl.loss
                 if a.entropy_coef:
-                    backward(pl.loss - a.entropy_coef * torch.where(m, entropy, 0).sum() / tokens)
-                else:
-                    backward(pl.loss)
-                    if entropy is None:  # a diagnostic only: after the backward, out of the autograd graph
-                        with torch.no_grad():
-                            entropy = entropy_from_logits(logits.detach())
+                    loss = loss - a.entropy_coef * torch.where(m, entropy, 0).sum() / tokens
+                if kl_loss_coef:  # the KL as a loss term (GRPO's form), the same token normaliser as the policy loss
+                    kl = kl_per_token(logprobs, ro.ref_logprobs[micro], cfg.kl.estimator)
+                    kl_term = torch.where(m, kl, 0).sum() / tokens
+                    loss = loss + kl_loss_coef * kl_term
+                    mini_loss["kl_loss"] += kl_term.item()
+                backward(loss)
+                if entropy is None:  # a diagnostic only: after the backward, out of the autograd graph
+                    with torch.no_grad():
+                        entropy = entropy_from_logits(logits.detach())
                 mini_loss["policy_loss"] += pl.loss.item()
                 mini_kl.append(pl.approx_kl.item())
                 record("clip_fraction", pl.clip_fraction.item())

@@ -28,6 +28,7 @@ class Rollout:
     logprobs: torch.Tensor  # (B, R) log-probs of the sampling policy (temperature applied)
     ref_logprobs: torch.Tensor  # (B, R) reference model, same temperature
     values: torch.Tensor | None = None  # (B, R) critic values V(prompt + response[:t]), PPO only
+    group_ids: torch.Tensor | None = None  # (B,) long: rows sampled from the same prompt share an id (rloo, grpo)
 
     def __len__(self) -> int:
         return len(self.prompts)

@@ -3,7 +3,7 @@
     1 rollout      sample responses; log-probs of policy and reference; critic values
     2 score        every reward source's prefix scores on the policy's tokens
     3 rewards      the per-token reward: placement, weights, costs, missing-EOS penalty, KL (core.reward_assembly)
-    4 advantages   GAE (ppo) or leave-one-out returns-to-go (rloo), whitened
+    4 advantages   GAE (ppo) or group baselines on returns-to-go (rloo, grpo), whitened or scaled
     5 update       PPO epochs x mini-batches x micro-batches
     6 controllers  the adaptive KL coefficient and the Lagrange multipliers move, from this step's statistics
     7 log          metrics (metrics.jsonl, trackers), progress
@@ -61,7 +61,7 @@ GENERATE_METRIC = "time_generate_s"  # the part of the rollout spent in generate
 
 
 class Trainer:
-    """PPO / RLOO on token-level rewards. Hooks for callers (benchmarks, notebooks), each a list of callables:
+    """PPO / RLOO / GRPO on token-level rewards. Hooks for callers (benchmarks, notebooks), each a list of callables:
     `on_phase(phase)` when a phase starts, `on_step_end(metrics)` after a step's metrics are logged."""
 
     def __init__(self, cfg: Config, accelerator=None):
@@ -112,7 +112,7 @@ class Trainer:
             scores = self.score(ro)
         with self._phase(REWARDS, seconds):
             kl = kl_per_token(ro.logprobs, ro.ref_logprobs, c.kl.estimator)  # (B, R)
-            rewards = self.assemble(ro, scores, kl)
+            rewards = self.assemble(ro, scores, None if c.kl.use_kl_loss else kl)  # kl.use_kl_loss: in the update
             ensure_finite(self.step + 1, "rewards", token_rewards=rewards.rewards, kl=torch.where(ro.response_mask, kl, 0))
         with self._phase(ADVANTAGES, seconds):
             exp = compute_advantages(c, ro, rewards.rewards, reduce=self._sum)
@@ -120,7 +120,7 @@ class Trainer:
             stats = update(c, exp, self.policy, self.critic, self.policy_opt, self.critic_opt,
                            backward=self.acc.backward, clip_grad=self.acc.clip_grad_norm_, reduce=self._sum,
                            generator=torch.Generator().manual_seed(c.train.seed * 7919 + self.step), step=self.step + 1,
-                           first_pass=first_pass)
+                           first_pass=first_pass, kl_loss_coef=self.kl.coef if c.kl.use_kl_loss else 0.0)
             self.policy_sched.step()
             if self.critic_sched:
                 self.critic_sched.step()
@@ -133,7 +133,8 @@ class Trainer:
         return metrics
 
     def rollout(self, prompts: list[str], samples_per_prompt: int | None = None, seconds: dict | None = None) -> Rollout:
-        """Phase 1: k samples of each prompt (adjacent rows), their log-probs under policy and reference, values."""
+        """Phase 1: k samples of each prompt (adjacent rows, sharing a group id), their log-probs under policy and
+        reference, values."""
         return self.rollout_passes(prompts, samples_per_prompt, seconds)[0]
 
     @torch.no_grad()
@@ -143,6 +144,7 @@ class Trainer:
         autograd on and come back as a FirstPass for the update's first step (`first_step_reuses_rollout`)."""
         c = self.cfg
         k = c.rollout.samples_per_prompt if samples_per_prompt is None else samples_per_prompt
+        group_ids = torch.arange(len(prompts), device=self.acc.device).repeat_interleave(k)  # (B,) the prompt's index
         prompts = [p for p in prompts for _ in range(k)]
         policy = self.acc.unwrap_model(self.policy)
         ids, mask = encode_prompts(self.tokenizer, prompts, max_tokens=c.rollout.max_prompt_tokens,
@@ -153,7 +155,8 @@ class Trainer:
                                                 temperature=c.rollout.temperature, top_p=c.rollout.top_p)
         if seconds is not None:
             seconds[GENERATE_METRIC] = time.perf_counter() - begin
-        ro = Rollout(prompts, ids, mask, response, response_mask, ended, torch.empty(0), torch.empty(0))
+        ro = Rollout(prompts, ids, mask, response, response_mask, ended, torch.empty(0), torch.empty(0),
+                     group_ids=group_ids)
         seq, seq_mask, pos = ro.sequences()
         start = ids.shape[1]
         # with keep_graphs: the prepared models, autograd on; else the unwrapped ones under this method's no_grad
