@@ -160,6 +160,9 @@ def check_common(setup, recorder, trainer, before, after, *, critic: bool):
     """What every run must show: fit() ran its steps, weights moved (and reached the rollout), metrics are finite,
     the prompts went through the policy's chat template."""
     assert len(recorder.steps) == STEPS and trainer.global_steps == STEPS + 1  # fit() returned after its last step
+    from red_rlhf.integrations.verl import REDRewardManager
+
+    assert trainer.reward_loop_manager.reward_manager_cls is REDRewardManager  # loaded by verl from the recipe
     assert [m["training/global_step"] for m in recorder.metrics] == list(range(1, STEPS + 1))
     for metrics in recorder.metrics:
         numbers = finite_metrics(metrics)
