@@ -288,3 +288,24 @@ def test_verl_fit_with_red_group_estimator(setup, cpu_verl, scorers, estimator):
         ours = group_advantages(step["token_level_rewards"], mask.bool(), torch.as_tensor(groups),
                                 estimator.removeprefix("red_"), scale="batch" if estimator == "red_grpo" else "none")
         torch.testing.assert_close(step["advantages"], ours.to(step["advantages"].dtype), atol=1e-5, rtol=1e-5)
+
+
+def test_installed_trl_lets_verl_build_models(setup):
+    """verl 0.9.1 runs `apply_monkey_patch` on every model its FSDP engine builds (policy, reference, critic), and it
+    imports trl's AutoModelForCausalLMWithValueHead whenever trl is importable (verl/models/transformers/
+    monkey_patch.py:352-356), a class trl 1.16 (`make trl`) no longer has (1.12 has it). So trl and verl in one
+    environment break verl for every user, on a GPU too; the loop tests above hide trl from that check
+    (verl_loop_support.stand_ins)."""
+    from transformers import AutoModelForCausalLM
+    from verl.models.transformers.monkey_patch import apply_monkey_patch
+
+    model = AutoModelForCausalLM.from_pretrained(setup["policy"])
+    try:
+        apply_monkey_patch(model, use_remove_padding=False)
+    except ImportError as err:
+        import trl
+
+        pytest.fail(f"verl cannot build a model in this environment: trl {trl.__version__} is installed, and verl "
+                    f"0.9.1 imports AutoModelForCausalLMWithValueHead from trl when trl is importable "
+                    f"(monkey_patch.py:352-356): {err}. Keep trl and verl in separate environments (or a trl that "
+                    "still has trl.experimental.ppo, e.g. 1.12).")
