@@ -3,7 +3,9 @@
 The recipe examples/verl/red_ppo.yaml is composed through verl's Hydra config with tiny local models and the CPU
 settings of tests/verl_loop_support.py (which also lists, with verl's file:line, what stands in for the GPU parts:
 the LLM server, the device, the worker processes). Everything between the dataset and the optimizer step is verl's.
-Skipped when verl is not installed (`make verl`).
+Each run trains 2 steps and is checked from inside fit(): the rows of token_level_scores against red_rlhf's own
+scorer on the same texts, GAE against a written-out reference, the weights, the logged metrics.
+Skipped when verl is not installed (`make verl`). `pytest -s` prints one row beside the scorer's.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from red_rlhf.models.sources import HFRewardModel  # noqa: E402
 from red_rlhf.models.tiny import CHATML_TEMPLATE, save_tiny_reward_model, tiny_reward_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+STEPS, BATCH, RESPONSE_LENGTH = 2, 4, 16  # per run: 2 PPO steps of 4 prompts, responses of up to 16 tokens
 RECIPE = ROOT / "examples" / "verl"
 PROMPTS = ["The movie was", "Hello world, how are you", "What a delightful", "Please explain how",
            "It rains in the city", "The food was cold", "I loved every minute", "A bad film with"]
@@ -89,13 +92,10 @@ def recipe_config(setup, rm: str, *extra: str, recipe: str = "red_ppo"):
         f"data.train_files={setup['train']}", f"data.val_files={setup['val']}",
         f"actor_rollout_ref.model.path={setup['policy']}", f"critic.model.path={setup['policy']}",
         f"reward.reward_model.model_path={setup[rm]}", f"reward.reward_kwargs.model={setup[rm]}",
-        "reward.reward_kwargs.prompt_text=decoded", "actor_rollout_ref.rollout.temperature=1.0",
+        "actor_rollout_ref.rollout.temperature=1.0",
         f"trainer.default_local_dir={setup['checkpoints']}",
         *support.cpu_overrides(steps=STEPS, batch=BATCH, response_length=RESPONSE_LENGTH), *extra]
     return support.compose_recipe(str(RECIPE), overrides, recipe)
-
-
-STEPS, BATCH, RESPONSE_LENGTH = 2, 4, 16
 
 
 @pytest.fixture(scope="module")
@@ -112,16 +112,20 @@ def scorers(setup):
             for rm in ("rm_same", "rm_other")}
 
 
-def rows_as_text(tok, step):
-    """Each row's prompt and response as text, from the ids fit() trained on (prompts left-padded, responses right)."""
+def rows_as_text(tok, step, prompt_text: str = "decoded"):
+    """Each row's prompt and response as text, from the ids fit() trained on (prompts left-padded, responses right).
+    prompt_text "decoded": the prompt ids decoded, chat template included; "last_user": the user's message from
+    verl's raw_prompt (the recipe's setting: the reward model reads the message without the policy's template)."""
     prompts, responses, mask = step["prompts"], step["responses"], step["attention_mask"]
     width = prompts.shape[1]
     out = []
     for i in range(prompts.shape[0]):
         p = prompts[i][mask[i, :width].bool()].tolist()
         n = int(mask[i, width:].sum())
-        out.append((tok.decode(p, skip_special_tokens=False), tok.decode(responses[i, :n].tolist(),
-                                                                        skip_special_tokens=False), n))
+        prompt = tok.decode(p, skip_special_tokens=False)
+        if prompt_text == "last_user":
+            prompt = [m["content"] for m in step["non_tensor"]["raw_prompt"][i] if m["role"] == "user"][-1]
+        out.append((prompt, tok.decode(responses[i, :n].tolist(), skip_special_tokens=False), n))
     return out
 
 
@@ -156,6 +160,9 @@ def check_common(setup, recorder, trainer, before, after, *, critic: bool):
     """What every run must show: fit() ran its steps, weights moved (and reached the rollout), metrics are finite,
     the prompts went through the policy's chat template."""
     assert len(recorder.steps) == STEPS and trainer.global_steps == STEPS + 1  # fit() returned after its last step
+    from red_rlhf.integrations.verl import REDRewardManager
+
+    assert trainer.reward_loop_manager.reward_manager_cls is REDRewardManager  # loaded by verl from the recipe
     assert [m["training/global_step"] for m in recorder.metrics] == list(range(1, STEPS + 1))
     for metrics in recorder.metrics:
         numbers = finite_metrics(metrics)
@@ -177,25 +184,26 @@ def check_common(setup, recorder, trainer, before, after, *, critic: bool):
         assert prompt.startswith("<|im_start|>user\n") and prompt.endswith("<|im_start|>assistant\n")
 
 
-def print_row(setup, scorers, recorder, rm: str, scheme: str, row: int = 0) -> None:
+def print_row(setup, scorers, recorder, rm: str, scheme: str, prompt_text: str, row: int = 0) -> None:
     """One row of the first step (pytest -s): verl's token_level_scores beside red_rlhf's scorer on the same text."""
     step = recorder.steps[0]
-    prompt, response, n = rows_as_text(setup["tok"], step)[row]
+    prompt, response, n = rows_as_text(setup["tok"], step, prompt_text)[row]
     [scored] = scorers[rm][scheme].score([prompt], [response])
+    row_sum = float(step["token_level_scores"][row].sum())
     print(f"\n{rm} {scheme}, step 1 row {row}: prompt {prompt!r}\n"
           f"R(x) = {scored.prompt_score:.4f}  R(x, y) = {scored.final_score:.4f}  R(x, y) - R(x) = "
-          f"{scored.final_score - scored.prompt_score:.4f}  sum of verl's row = {float(step['token_level_scores'][row].sum()):.4f}")
+          f"{scored.final_score - scored.prompt_score:.4f}  sum of verl's row = {row_sum:.4f}")
     print(f"{'token':>18} {'verl token_level_scores':>24} {'red_rlhf scorer':>16}")
     for t in range(n):
         print(f"{scored.tokens[t]!r:>18} {float(step['token_level_scores'][row, t]):24.4f} {scored.rewards[t]:16.4f}")
 
 
-def check_rows_equal_scorer(setup, scorers, recorder, rm: str, scheme: str):
+def check_rows_equal_scorer(setup, scorers, recorder, rm: str, scheme: str, prompt_text: str):
     """Every row of token_level_scores that fit() trained on equals red_rlhf's scorer on the same texts; it sums to
     R(x, y) - R(x) under RED; it has one non-zero token under sparse and many under RED."""
     nonzero = []
     for step in recorder.steps:
-        rows = rows_as_text(setup["tok"], step)
+        rows = rows_as_text(setup["tok"], step, prompt_text)
         scored = scorers[rm][scheme].score([p for p, _, _ in rows], [r for _, r, _ in rows])
         scores = step["token_level_scores"]
         for i, ((_, _, n), expected) in enumerate(zip(rows, scored)):
@@ -211,8 +219,8 @@ def check_rows_equal_scorer(setup, scorers, recorder, rm: str, scheme: str):
     if scheme == "sparse":
         assert all(k == 1 for k, _ in nonzero), nonzero
     else:
-        assert all(k >= min(n, 3) for k, n in nonzero) and sum(k for k, _ in nonzero) >= sum(n for _, n in nonzero) / 2, \
-            nonzero
+        assert all(k >= min(n, 3) for k, n in nonzero), nonzero  # many per row, ...
+        assert sum(k for k, _ in nonzero) >= sum(n for _, n in nonzero) / 2, nonzero  # ... most tokens overall
     return nonzero
 
 
@@ -222,13 +230,18 @@ def run(setup, rm: str, *extra: str, recipe: str = "red_ppo"):
     return recorder, trainer, before, after
 
 
-@pytest.mark.parametrize("rm, scheme", [("rm_same", "red"), ("rm_other", "red"), ("rm_same", "sparse")])
-def test_verl_ppo_fit_with_red_manager(setup, cpu_verl, scorers, rm, scheme):
+@pytest.mark.parametrize("rm, scheme, prompt_text", [
+    ("rm_same", "red", "decoded"),  # the reward model reads the policy's ids as they are: one forward
+    ("rm_other", "red", "last_user"),  # the recipe's setting; other tokens: decoded once and aligned by characters
+    ("rm_same", "sparse", "decoded"),
+])
+def test_verl_ppo_fit_with_red_manager(setup, cpu_verl, scorers, rm, scheme, prompt_text):
     """GAE with verl's critic and the KL in the reward, as examples/verl/red_ppo.yaml sets them."""
-    recorder, trainer, before, after = run(setup, rm, f"reward.reward_kwargs.scheme={scheme}")
+    recorder, trainer, before, after = run(setup, rm, f"reward.reward_kwargs.scheme={scheme}",
+                                           f"reward.reward_kwargs.prompt_text={prompt_text}")
     check_common(setup, recorder, trainer, before, after, critic=True)
-    nonzero = check_rows_equal_scorer(setup, scorers, recorder, rm, scheme)
-    print_row(setup, scorers, recorder, rm, scheme)
+    nonzero = check_rows_equal_scorer(setup, scorers, recorder, rm, scheme, prompt_text)
+    print_row(setup, scorers, recorder, rm, scheme, prompt_text)
     print(f"\n{rm} {scheme}: non-zero tokens per row (of response length): {nonzero}")
     config = trainer.config.algorithm
     assert recorder.steps[0]["adv_estimator"] == "gae"
@@ -261,9 +274,10 @@ def test_verl_fit_with_red_group_estimator(setup, cpu_verl, scorers, estimator):
     assert estimator in ADV_ESTIMATOR_REGISTRY
     recorder, trainer, before, after = run(
         setup, "rm_same", f"algorithm.adv_estimator={estimator}", "critic.enable=false",
+        "reward.reward_kwargs.prompt_text=decoded",
         "actor_rollout_ref.rollout.n=2", "algorithm.use_kl_in_reward=false")
     check_common(setup, recorder, trainer, before, after, critic=False)
-    check_rows_equal_scorer(setup, scorers, recorder, "rm_same", "red")
+    check_rows_equal_scorer(setup, scorers, recorder, "rm_same", "red", "decoded")
     for step in recorder.steps:
         mask = step["response_mask"]
         for i in range(mask.shape[0]):
@@ -274,3 +288,24 @@ def test_verl_fit_with_red_group_estimator(setup, cpu_verl, scorers, estimator):
         ours = group_advantages(step["token_level_rewards"], mask.bool(), torch.as_tensor(groups),
                                 estimator.removeprefix("red_"), scale="batch" if estimator == "red_grpo" else "none")
         torch.testing.assert_close(step["advantages"], ours.to(step["advantages"].dtype), atol=1e-5, rtol=1e-5)
+
+
+def test_installed_trl_lets_verl_build_models(setup):
+    """verl 0.9.1 runs `apply_monkey_patch` on every model its FSDP engine builds (policy, reference, critic), and it
+    imports trl's AutoModelForCausalLMWithValueHead whenever trl is importable (verl/models/transformers/
+    monkey_patch.py:352-356), a class trl 1.16 (`make trl`) no longer has (1.12 has it). So trl and verl in one
+    environment break verl for every user, on a GPU too; the loop tests above hide trl from that check
+    (verl_loop_support.stand_ins)."""
+    from transformers import AutoModelForCausalLM
+    from verl.models.transformers.monkey_patch import apply_monkey_patch
+
+    model = AutoModelForCausalLM.from_pretrained(setup["policy"])
+    try:
+        apply_monkey_patch(model, use_remove_padding=False)
+    except ImportError as err:
+        import trl
+
+        pytest.fail(f"verl cannot build a model in this environment: trl {trl.__version__} is installed, and verl "
+                    f"0.9.1 imports AutoModelForCausalLMWithValueHead from trl when trl is importable "
+                    f"(monkey_patch.py:352-356): {err}. Keep trl and verl in separate environments (or a trl that "
+                    "still has trl.experimental.ppo, e.g. 1.12).")
