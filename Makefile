@@ -3,7 +3,9 @@
 #   make test   - build the environment, then run the test suite
 #   make verl   - add verl 0.9.1 and its runtime dependencies (TransferQueue included) to the environment (README "Scaling out on verl");
 #                 `make test` then also runs tests/test_verl*.py (skipped, with the reason, without verl)
-#   make trl    - add TRL 1.16 (README "Using RED from TRL"); `make test` then also runs tests/test_trl.py
+#   make trl    - TRL 1.16 in its own environment, .venv-trl (README "Using RED from TRL"): verl 0.9.1 cannot build
+#                 a model where trl >= 1.13 is importable, so the two never share one; `make test` then also runs
+#                 tests/test_trl.py there
 # TORCH picks the torch build; the default is the CPU wheel. GPU users:
 #   make test TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cuXXX"   (see README)
 PYTHON ?= python3
@@ -13,7 +15,8 @@ VERL ?= verl==0.9.1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.red-rlhf-installed
 VERL_STAMP := $(VENV)/.verl-installed
-TRL_STAMP := $(VENV)/.trl-installed
+TRL_VENV ?= .venv-trl
+TRL_STAMP := $(TRL_VENV)/.trl-installed
 BENCH_VENV ?= .venv-bench
 
 .PHONY: demo toy test install verl trl bench bench-trl bench-learning clean
@@ -39,9 +42,11 @@ $(VERL_STAMP): $(STAMP) pyproject.toml
 
 trl: $(TRL_STAMP)
 
-$(TRL_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test,trl]"
-	$(BIN)/python -W ignore -c "import red_rlhf.integrations.trl"
+$(TRL_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(TRL_VENV)
+	$(TRL_VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(TORCH)
+	$(TRL_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test,trl]"
+	$(TRL_VENV)/bin/python -W ignore -c "import red_rlhf.integrations.trl"
 	touch $(TRL_STAMP)
 
 demo: $(STAMP)
@@ -54,8 +59,10 @@ toy: $(STAMP)
 	$(BIN)/red-rlhf train --config configs/toy.yaml
 	$(BIN)/red-rlhf plot runs/toy
 
+# With `make trl` done, tests/test_trl.py runs in .venv-trl (the rest in .venv, where it would only be skipped)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(if $(wildcard $(TRL_STAMP)),--ignore=tests/test_trl.py)
+	$(if $(wildcard $(TRL_STAMP)),$(TRL_VENV)/bin/python -m pytest -q tests/test_trl.py)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_scoring.py
@@ -72,4 +79,4 @@ bench-learning: $(STAMP)
 	$(BIN)/python bench/bench_learning.py report
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) runs
+	rm -rf $(VENV) $(TRL_VENV) $(BENCH_VENV) runs

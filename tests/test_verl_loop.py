@@ -293,9 +293,9 @@ def test_verl_fit_with_red_group_estimator(setup, cpu_verl, scorers, estimator):
 def test_installed_trl_lets_verl_build_models(setup):
     """verl 0.9.1 runs `apply_monkey_patch` on every model its FSDP engine builds (policy, reference, critic), and it
     imports trl's AutoModelForCausalLMWithValueHead whenever trl is importable (verl/models/transformers/
-    monkey_patch.py:352-356), a class trl 1.16 (`make trl`) no longer has (1.12 has it). So trl and verl in one
-    environment break verl for every user, on a GPU too; the loop tests above hide trl from that check
-    (verl_loop_support.stand_ins)."""
+    monkey_patch.py:352-356), a class trl 1.16 (the `trl` extra) no longer has (1.12 has it). So trl 1.16 and verl in
+    one environment break verl for every user, on a GPU too: `make trl` builds its own .venv-trl, and this test
+    guards the verl environment."""
     from transformers import AutoModelForCausalLM
     from verl.models.transformers.monkey_patch import apply_monkey_patch
 

@@ -40,7 +40,7 @@ How they are put in place: through verl's own settings where it has one (`set_pl
 `agent_loop_manager_class`, the rollout registry, `cpu_overrides()`); else by swapping a name in a verl module for
 the duration of the run (`stand_ins()`, restored on exit): `LLMServerManager` and the `RewardLoopManager` that
 `RayPPOTrainer.init_workers` looks up by name (trainer/ppo/ray_trainer.py:951, :910), `RewardModelManager`,
-`load_valuehead_model`, `CPUOffloadPolicy`, and `is_trl_available` in verl's model patches (see `stand_ins`).
+`load_valuehead_model` and `CPUOffloadPolicy` (see `stand_ins`).
 Nothing in torch or transformers is patched.
 """
 
@@ -63,7 +63,6 @@ from omegaconf import OmegaConf, open_dict
 
 import verl.experimental.reward_loop as reward_loop_pkg
 import verl.experimental.reward_loop.reward_loop as reward_loop_module
-import verl.models.transformers.monkey_patch as verl_monkey_patch
 import verl.trainer.ppo.ray_trainer as ray_trainer
 import verl.utils.model as verl_model_utils
 import verl.workers.engine.fsdp.transformer_impl as fsdp_engine
@@ -486,11 +485,6 @@ def stand_ins(recorder: "Recorder | None" = None):
         stack.enter_context(mock.patch.object(reward_loop_module, "RewardModelManager", ServedRewardModelStandIn))
         stack.enter_context(mock.patch.object(verl_model_utils, "load_valuehead_model", load_valuehead_model))
         stack.enter_context(mock.patch.object(fsdp_engine, "CPUOffloadPolicy", unpinned_offload_policy))
-        # verl imports trl's AutoModelForCausalLMWithValueHead for every model it builds whenever trl is importable
-        # (models/transformers/monkey_patch.py:352-356), and trl 1.16 (`make trl`) no longer has it: with both in one
-        # environment verl cannot build any model. test_verl_loop.py::test_installed_trl_lets_verl_build_models
-        # reports that conflict by itself; here trl is hidden from that one check so the loop is still tested.
-        stack.enter_context(mock.patch.object(verl_monkey_patch, "is_trl_available", lambda: False))
         if recorder is not None:
             stack.enter_context(mock.patch.object(ray_trainer, "compute_advantage", recorder.compute_advantage))
             stack.enter_context(mock.patch.object(verl_tracking.Tracking, "log", recorder.log))

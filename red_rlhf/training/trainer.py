@@ -441,7 +441,8 @@ class Trainer:
             if not file.is_file():
                 raise checkpoint.DamagedCheckpointError(f"checkpoint {path} is incomplete: {file} is missing")
             try:
-                frozen.check_weights_file(model, file, what)
+                # the files hold the unwrapped model's names (no DDP "module." prefix)
+                frozen.check_weights_file(self.acc.unwrap_model(model), file, what)
             except ValueError as err:
                 raise checkpoint.CheckpointError(f"{err}: it does not fit this run's {what}; resume with the config "
                                                  "that wrote it") from None
