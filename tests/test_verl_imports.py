@@ -70,3 +70,17 @@ def test_recipe_names_only_importable_classes(recipe, tmp_path):
     assert resolve_reward_manager_cls(config) is red_verl.REDRewardManager
     function = config.reward.custom_reward_function
     assert load_extern_object(function.path, function.name) is red_verl.compute_score
+
+
+def test_a_trl_that_breaks_verl_is_named_when_the_manager_module_loads(tmp_path):
+    """trl 1.16 beside verl: the manager module says so on import, instead of verl's workers failing on a GPU."""
+    import subprocess
+    import sys
+
+    fake = tmp_path / "trl"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("__version__ = '1.16.0'\n")  # a trl without AutoModelForCausalLMWithValueHead
+    run = subprocess.run([sys.executable, "-W", "ignore", "-c", "import red_rlhf.integrations.verl"],
+                         capture_output=True, text=True, env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
+    assert run.returncode != 0
+    assert "trl 1.16.0 is installed beside verl" in run.stderr and "make trl" in run.stderr

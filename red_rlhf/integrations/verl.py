@@ -38,6 +38,32 @@ from red_rlhf.integrations.verl_batch import RowBatch, rows_to_batch
 from red_rlhf.integrations.verl_scoring import load_sources, score_batch
 from red_rlhf.integrations.verl_settings import check_route, read_settings
 
+
+
+def check_no_trl_conflict() -> None:
+    """verl 0.9.1 imports trl's AutoModelForCausalLMWithValueHead for every model it builds whenever trl is importable
+    (verl/models/transformers/monkey_patch.py:352-356); trl >= 1.13 no longer has it, so verl's workers would fail
+    while building the actor. Say so at once, here, rather than from inside a GPU worker."""
+    import importlib.util
+
+    if importlib.util.find_spec("trl") is None:
+        return
+    try:
+        from trl.experimental.ppo import AutoModelForCausalLMWithValueHead  # noqa: F401
+    except ImportError:
+        try:
+            from trl import AutoModelForCausalLMWithValueHead  # noqa: F401
+        except ImportError:
+            import trl
+
+            raise ImportError(
+                f"trl {trl.__version__} is installed beside verl: verl 0.9.1 imports trl's "
+                "AutoModelForCausalLMWithValueHead for every model it builds when trl is importable "
+                "(verl/models/transformers/monkey_patch.py:352-356), and this trl no longer has it. Run verl in an "
+                "environment without trl (red-rlhf's `trl` extra has its own: `make trl` makes .venv-trl)") from None
+
+
+check_no_trl_conflict()
 _LOCK = threading.Lock()
 _LOADED: dict[str, list] = {}  # settings key -> loaded sources, one copy per process
 
