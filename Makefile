@@ -2,7 +2,8 @@
 #   make demo   - build the environment, then run the main job (red-rlhf demo, about 12 minutes the first time on 2 CPU cores)
 #   make test   - build the environment, then run the test suite
 #   make verl   - add verl 0.9.1 and its runtime dependencies (TransferQueue included) to the environment (README "Scaling out on verl");
-#                 `make test` then also runs tests/test_verl.py (skipped, with the reason, without verl)
+#                 `make test` then also runs tests/test_verl*.py (skipped, with the reason, without verl)
+#   make trl    - add TRL 1.16 (README "Using RED from TRL"); `make test` then also runs tests/test_trl.py
 # TORCH picks the torch build; the default is the CPU wheel. GPU users:
 #   make test TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cuXXX"   (see README)
 PYTHON ?= python3
@@ -12,8 +13,10 @@ VERL ?= verl==0.9.1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.red-rlhf-installed
 VERL_STAMP := $(VENV)/.verl-installed
+TRL_STAMP := $(VENV)/.trl-installed
+BENCH_VENV ?= .venv-bench
 
-.PHONY: demo toy test install verl bench bench-trl bench-learning clean
+.PHONY: demo toy test install verl trl bench bench-trl bench-learning clean
 
 install: $(STAMP)
 
@@ -34,6 +37,13 @@ $(VERL_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/python -W ignore -c "import transfer_queue, verl.trainer.main_ppo, verl.trainer.main_ppo_v0, red_rlhf.integrations.verl"
 	touch $(VERL_STAMP)
 
+trl: $(TRL_STAMP)
+
+$(TRL_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test,trl]"
+	$(BIN)/python -W ignore -c "import red_rlhf.integrations.trl"
+	touch $(TRL_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/red-rlhf demo
 
@@ -50,13 +60,16 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_scoring.py
 
-bench-trl: $(STAMP)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[bench]"
-	$(BIN)/python bench/bench_trl.py
+# TRL's PPO trainer exists only up to trl 1.12 (the `trl` extra needs 1.16), so the comparison gets its own venv
+bench-trl:
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(TORCH)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e ".[bench]"
+	$(BENCH_VENV)/bin/python bench/bench_trl.py
 
 bench-learning: $(STAMP)
 	$(BIN)/python bench/bench_learning.py run --workers 2
 	$(BIN)/python bench/bench_learning.py report
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(BENCH_VENV) runs

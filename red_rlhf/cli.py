@@ -207,27 +207,53 @@ def exit_distributed(code: int) -> None:
 
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
     from red_rlhf.config import load_config
-    from red_rlhf.training import checkpoint
+    from red_rlhf.training import checkpoint, lock, stops
     from red_rlhf.training.resume import preflight
 
     cfg = load_config(args.config, overrides)
     preflight(cfg, args.resume)  # output directory, resume settings, model paths: before any model loads
+    lock.check_free(Path(cfg.train.output_dir).expanduser())  # another trainer there: say so before models load
+    # until the loop installs its own handlers (finish the step, save), a stop signal stops start-up at once
+    previous = stops.install(stops.raise_on_signal) if _main_thread() else {}
     try:
         from red_rlhf.training.trainer import Trainer
 
         Trainer(cfg).train(resume=args.resume)
-    except KeyboardInterrupt:
-        again = " ".join(["red-rlhf train"] + (["--config", args.config] if args.config else []) + overrides)
-        if checkpoint.latest(Path(cfg.train.output_dir).expanduser(), must_exist=False) is None:
-            print(f"stopped before the first checkpoint; start again with: {again}")
-        else:
-            print(f"stopped; resume with: {again} --resume")
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as err:
+        raise SystemExit(_stopped(err, cfg, args, overrides)) from None
     finally:  # also when Trainer() itself raised (train() ends its own): see end_process_group
+        stops.restore(previous)
         end_process_group()
     if os.environ.get("RANK", "0") == "0":  # one line, not one per data-parallel process
         print(f"done: metrics in {cfg.train.output_dir}/metrics.jsonl, policy in {cfg.train.output_dir}/policy; "
               f"curves: red-rlhf plot {cfg.train.output_dir}")
+
+
+def _stopped(err: KeyboardInterrupt, cfg, args: argparse.Namespace, overrides: list[str]) -> int:
+    """Say how a run stopped by Ctrl-C or a scheduler's signal ended and how to go on; the exit status (stops.py)."""
+    from red_rlhf.training import checkpoint, stops
+
+    again = " ".join(["red-rlhf train"] + (["--config", args.config] if args.config else []) + overrides)
+    if not args.resume and "--resume" not in overrides:
+        again += " --resume"
+    out = Path(cfg.train.output_dir).expanduser()
+    saved = checkpoint.latest(out, must_exist=False, say=lambda line: None)
+    how = err.signal_name if isinstance(err, stops.Stopped) else "SIGINT"
+    if os.environ.get("RANK", "0") == "0":
+        if saved is None:
+            print(f"{how}: stopped before the first checkpoint; start again with: {again.removesuffix(' --resume')}",
+                  flush=True)
+        elif isinstance(err, stops.Stopped) and err.step:
+            print(f"{how}: stopped after step {err.step}; checkpoint {saved}; resume with: {again}", flush=True)
+        else:
+            print(f"{how}: stopped; the last checkpoint is {saved}; resume with: {again}", flush=True)
+    return err.exit_code if isinstance(err, stops.Stopped) else stops.INTERRUPTED_EXIT
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def _output_dir(option: str, path: str) -> Path:
@@ -349,7 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def quiet_third_party(verbose: bool) -> None:
     """Keep libraries' deprecation notices (FutureWarning, DeprecationWarning) and transformers' advisory log
-    lines out of the user's output; -v shows them."""
+    lines out of the user's output; -v shows them. Where output is not a terminal, the libraries' own progress bars
+    ("Loading weights", "Writing model shards", "Generating train split") are off too: there they are carriage-return
+    redraws that land inside the plain progress lines (red_rlhf/progress.py) of a log file."""
+    if not sys.stderr.isatty():
+        _no_library_progress_bars()
     if verbose:
         return
     import warnings
@@ -363,6 +393,21 @@ def quiet_third_party(verbose: bool) -> None:
         hf_logging.set_verbosity_error()
 
 
+def _no_library_progress_bars() -> None:
+    # read at import by huggingface_hub (and through it transformers) and by datasets; switched off directly
+    # where they are already imported
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    if "datasets" in sys.modules:
+        import datasets
+
+        datasets.disable_progress_bars()
+
+
 def _check_text_arguments(argv: list[str]) -> None:
     """A command-line argument that is not UTF-8 arrives with surrogate escapes: say which one, not a traceback."""
     for number, arg in enumerate(argv, start=1):
@@ -374,7 +419,11 @@ def _check_text_arguments(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    code = run_command(sys.argv[1:] if argv is None else list(argv))
+    try:
+        code = run_command(sys.argv[1:] if argv is None else list(argv))
+    except SystemExit as stop:  # a stopped run's status (stops.py) ends a torchrun worker the same way
+        exit_distributed(stop.code if isinstance(stop.code, int) else 1)
+        raise
     exit_distributed(code)  # a no-op outside torchrun
     return code
 

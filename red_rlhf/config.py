@@ -310,6 +310,11 @@ def _choice(name: str, value, choices) -> None:
         raise ConfigError(f"{name} must be one of {tuple(choices)}, got {value!r}")
 
 
+TEMPERATURE_RANGE = (0.05, 10.0)
+"""Sampling temperatures that train. Logits are divided by the temperature for sampling and for the log-probs:
+at 0.05 a logit gap of 1 is already a probability ratio of e^-20; much lower and float32 softmax is one-hot."""
+
+
 def _positive(name: str, value, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
@@ -359,6 +364,14 @@ def validate(cfg: Config) -> Config:
     for name in ("batch_size", "samples_per_prompt", "max_new_tokens", "max_prompt_tokens"):
         _positive(f"rollout.{name}", getattr(ro, name))
     _positive("rollout.temperature", ro.temperature)
+    if not TEMPERATURE_RANGE[0] <= ro.temperature <= TEMPERATURE_RANGE[1]:
+        raise ConfigError(
+            f"rollout.temperature must be in [{TEMPERATURE_RANGE[0]}, {TEMPERATURE_RANGE[1]}], got {ro.temperature}: "
+            + ("below it sampling is greedy in effect and the log-probs divided by it saturate: the sampled tokens' "
+               "probabilities are 1, entropy and the policy gradient are 0, and nothing is learned"
+               if ro.temperature < TEMPERATURE_RANGE[0] else
+               "above it every token is about equally likely (the samples are noise) and the gradient through "
+               "logits / temperature vanishes"))
     if not 0 < ro.top_p <= 1:
         raise ConfigError(f"rollout.top_p must be in (0, 1], got {ro.top_p}")
     _choice("kl.estimator", k.estimator, KL_ESTIMATORS)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from red_rlhf.config import ConfigError, load_config
+from red_rlhf.config import ConfigError, from_dict, load_config, shipped_configs, to_dict, validate
 
 TOY = ["--reward.function=red_rlhf.data.toy:target_fraction", "--algo.critic_init=policy"]
 
@@ -17,9 +17,12 @@ def test_yaml_and_overrides(tmp_path):
     assert cfg.reward.function == "red_rlhf.data.toy:target_fraction"
 
 
-def test_the_shipped_configs_load():
-    for name in ("configs/toy.yaml", "configs/toy-rloo.yaml", "configs/toy-grpo.yaml"):
-        load_config(name)
+@pytest.mark.parametrize("name", shipped_configs())
+def test_every_shipped_config_loads_and_round_trips(name):
+    """Each shipped config validates, and its dump (config.json of a run) loads back to the same config."""
+    cfg = load_config(name)
+    assert validate(from_dict(to_dict(cfg))) == cfg
+    assert to_dict(load_config(f"configs/{name}.yaml")) == to_dict(cfg)  # by name and by path alike
 
 
 @pytest.mark.parametrize(

@@ -43,7 +43,7 @@ def test_reduced_demo_produces_every_report_section(tmp_path, drawn_figures, fin
     report = run_demo(settings)
     page = Sections()
     page.feed(report.read_text())
-    assert {"summary", "curves", "samples", "heatmaps"} <= page.ids
+    assert {"result", "summary", "curves", "samples", "heatmaps"} <= page.ids
     assert len(page.images) == 1 and page.tokens > 0
     # the embedded image is the run's training curves, drawn from its metrics.jsonl
     [metrics] = (tmp_path / "demo").rglob("metrics.jsonl")
@@ -52,6 +52,9 @@ def test_reduced_demo_produces_every_report_section(tmp_path, drawn_figures, fin
     bars = list(finished_bars)  # the trainer's phase bar ends full too, after the last step
     assert any(name.startswith("reward model") for name, _, _ in bars) and all(d == t for _, d, t in bars), bars
     assert (tmp_path / "demo" / "summary.json").is_file()
+    # the demo leaves what its report needs: the finished run's checkpoints go, its exported policy stays
+    assert not (tmp_path / "demo" / "train" / "checkpoints").exists()
+    assert (tmp_path / "demo" / "train" / "policy" / "model.safetensors").is_file()
     [rm] = (tmp_path / "cache").glob("rm-tiny-pairs64-*")
     assert (rm / "rm_metrics.json").is_file()
     run_demo(settings)  # a second run reuses the cached data and reward model
@@ -84,7 +87,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
     dom = subprocess.run(base + ["--dump-dom", report.resolve().as_uri()], capture_output=True, text=True, timeout=120)
     page = Sections()
     page.feed(dom.stdout)
-    assert {"summary", "curves", "samples", "heatmaps"} <= page.ids and len(page.images) == 1 and page.tokens > 0
+    assert {"result", "summary", "curves", "samples", "heatmaps"} <= page.ids and len(page.images) == 1 and page.tokens > 0
     shot = tmp_path / "report.png"
     subprocess.run(base + [f"--screenshot={shot}", "--window-size=1280,2000", report.resolve().as_uri()],
                    capture_output=True, timeout=120)
@@ -92,3 +95,15 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert pixels.shape[:2] == (2000, 1280)  # the window it was rendered in
     # a rendered page, not a blank one: text, curves and heatmap give it many colours (a blank page has one)
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50
+
+
+def test_report_opens_with_the_result_in_a_sentence_and_a_before_after_table():
+    from red_rlhf.demo.report import headline_html
+
+    page = headline_html({"steps": 40, "reward_scheme": "red", "eval_prompts": 64, "rm_score_before": -0.488,
+                          "rm_score_after": 1.965, "judge_before": 0.137, "judge_after": 0.496, "kl_after": 23.8,
+                          "rm_accuracy_after": 0.8125, "wall_s": 452.0})
+    assert "40 steps of PPO with red token rewards" in page
+    assert "from -0.488 to +1.965" in page and "from +0.137 to +0.496" in page and "KL of 23.8" in page
+    assert "<td>-0.488</td><td>+1.965</td>" in page and "81.2%" in page and "7.5 minutes" in page
+    assert "n/a" in headline_html({"steps": 1})  # a partial summary still renders

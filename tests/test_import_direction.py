@@ -38,3 +38,16 @@ def test_no_layer_imports_a_higher_one():
             if target == "__init__" or LAYERS[target] > LAYERS[source]:
                 upward.append(f"{path.relative_to(PACKAGE.parent)}:{line} ({source}) imports {module}")
     assert not upward, "\n".join(upward)
+
+
+def test_package_exports_the_user_entry_points_and_stays_light_to_import():
+    """`from red_rlhf import Trainer, load_config` works, and `import red_rlhf` alone (scoring) loads no accelerate."""
+    import subprocess
+    import sys
+
+    code = ("import sys, red_rlhf; light = 'accelerate' not in sys.modules; "
+            "from red_rlhf import *; from red_rlhf import Trainer, load_config, group_advantages, TokenRewardScorer; "
+            "missing = [n for n in red_rlhf.__all__ if not hasattr(red_rlhf, n)]; "
+            "print(light, missing, Trainer.__name__, load_config.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "[]", "Trainer", "load_config"]

@@ -67,6 +67,13 @@ def _check(sources: Sequence[SourceScores], mask: torch.Tensor, settings: Reward
         raise ValueError("assemble_rewards needs at least one source")
     if mask.dim() != 2:
         raise ValueError(f"response_mask must be (B, R), got shape {tuple(mask.shape)}")
+    # the layout every scheme reads: a row's response starts at column 0 and is followed only by padding; a row
+    # with a gap (left padding) would read R(x) from a padding position and place rewards off the tokens
+    gaps = (mask[:, 1:] & ~mask[:, :-1]).any(-1)
+    if gaps.any():
+        rows = gaps.nonzero().flatten().tolist()
+        raise ValueError(f"response_mask row(s) {rows[:5]}: a 0 before a 1; assemble_rewards needs right-padded "
+                         "responses that start at column 0 (ones, then zeros): shift left-padded rows left")
     if settings.first_token not in FIRST_TOKEN_RULES:
         raise ValueError(f"first_token must be one of {FIRST_TOKEN_RULES}, got {settings.first_token!r}")
     if not settings.score_scale > 0:
@@ -77,6 +84,11 @@ def _check(sources: Sequence[SourceScores], mask: torch.Tensor, settings: Reward
         if s.tokens.shape != mask.shape or s.prompt.shape != mask.shape[:1]:
             raise ValueError(f"source {s.name!r}: scores of shape {tuple(s.tokens.shape)} and prompt scores of shape "
                              f"{tuple(s.prompt.shape)} do not fit the response mask {tuple(mask.shape)}")
+        bad = ~torch.isfinite(s.prompt) | (~torch.isfinite(s.tokens) & mask).any(-1)
+        if bad.any():
+            rows = bad.nonzero().flatten().tolist()
+            raise ValueError(f"source {s.name!r}: the prompt score R(x) or a response token's score is NaN or "
+                             f"infinite in row(s) {rows[:5]}")
         if s.scheme == "abc" and (s.attention is None or s.attention.shape != mask.shape):
             raise ValueError(f"source {s.name!r}: scheme 'abc' needs attention of shape {tuple(mask.shape)}")
 

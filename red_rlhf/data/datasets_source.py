@@ -42,6 +42,8 @@ def load_rows(source: str, split: str, field: str):
             if split != "train":
                 raise ConfigError(f"{where} is a single file, which holds one split ('train'), not {split!r}: point "
                                   "at the file of that split, or at a directory holding one file per split")
+            if path.suffix == ".parquet":
+                _check_parquet(path, where)
             rows = datasets.load_dataset(BUILDERS[path.suffix], data_files=str(path), split="train")
         elif path.is_dir() and _saved_to_disk(path):
             rows = datasets.load_from_disk(str(path))
@@ -58,12 +60,28 @@ def load_rows(source: str, split: str, field: str):
             raise ConfigError(f"{field}: prompt file {source} does not exist")
     except ConfigError:
         raise
-    except (ValueError, KeyError, FileNotFoundError, OSError, datasets.exceptions.DatasetNotFoundError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    except (ValueError, KeyError, FileNotFoundError, OSError, datasets.exceptions.DatasetsError) as err:
+        # datasets' own errors ("An error occurred while generating the dataset") carry the reason as their cause
+        reason = err.__cause__ if isinstance(err, datasets.exceptions.DatasetsError) and err.__cause__ else err
+        first = str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason).__name__
         raise ConfigError(f"{where} (split {split!r}) cannot be loaded: {first}") from err
     if len(rows) == 0:
         raise ConfigError(f"{where}: split {split!r} holds no rows")
     return rows
+
+
+def _check_parquet(path: Path, where: str) -> None:
+    """A parquet file's footer, read before `datasets` reads it: an empty or damaged file gets one line naming it
+    (`datasets` fails on a 0-row file with "BatchSize must be greater than 0" deep in a traceback)."""
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_metadata(str(path)).num_rows
+    except Exception as err:  # pyarrow's ArrowInvalid / OSError on a truncated or foreign file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{where} is not a readable parquet file ({first}): it is damaged or not parquet") from err
+    if rows == 0:
+        raise ConfigError(f"{where}: the parquet file holds no rows")
 
 
 def _saved_to_disk(path: Path) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from red_rlhf.data.text import read_text
+
 
 def read_records(path: str | Path, fields: tuple[str, ...]) -> list[dict]:
     """Records (dicts) from a JSON-lines file; each needs every field in `fields` as a string. Blank lines skip.
@@ -22,9 +24,9 @@ def numbered_records(path: str | Path, fields: tuple[str, ...]) -> list[tuple[in
     if not file.is_file():
         raise FileNotFoundError(f"input file {path} does not exist")
     try:
-        lines = file.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"cannot read {path}: {err}") from err
+        lines = read_text(file).splitlines()  # UTF-8, its byte-order mark removed (data/text.py)
+    except OSError as err:
+        raise ValueError(f"cannot read {path}: {err.strerror or err}") from err
     records = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():

@@ -9,6 +9,7 @@ import torch
 from red_rlhf.config import ConfigError, DataConfig
 from red_rlhf.data.datasets_source import BUILDERS, column_prompts, load_rows, looks_like_path, messages_prompts
 from red_rlhf.data.jsonl import numbered_records
+from red_rlhf.data.text import NotUTF8, read_text
 
 
 def read_prompts(path: str, field: str = "data.prompts", **source) -> list[str]:
@@ -52,10 +53,9 @@ def read_prompt_lines(path: str, field: str = "data.prompts", *, split: str = "t
             raise ConfigError(f"{field}: {err}") from err
     else:
         try:
-            text = file.read_text(encoding="utf-8")
-        except UnicodeDecodeError as err:
-            line = file.read_bytes()[: err.start].count(b"\n") + 1
-            raise ConfigError(f"{field}: {path}, line {line}: not UTF-8 text ({err.reason})") from None
+            text = read_text(file)
+        except NotUTF8 as err:
+            raise ConfigError(f"{field}: {err}") from None
         prompts = [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
     if not prompts:
         raise ConfigError(f"{field}: {path} holds no prompts")

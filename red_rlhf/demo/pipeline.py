@@ -133,8 +133,22 @@ def run_demo(s: DemoSettings) -> Path:
     report.write_text(report_html(summary, curves, prompts, before, after, before_rm, after_rm, heat_rows), encoding="utf-8")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
+    _drop_checkpoints(Path(cfg.train.output_dir))
     print(f"report: {report}")
     return report
+
+
+def _drop_checkpoints(run: Path) -> None:
+    """The demo's run is finished and exported (OUTPUT_DIR/train/policy), and the demo always trains anew: its
+    checkpoints (the critic and the optimisers' moments, about 1.2 GB each for the default demo) serve nothing the
+    report shows, so they are removed. `red-rlhf train --config demo` keeps its checkpoints as any run does."""
+    import shutil
+
+    folder = run / "checkpoints"
+    if folder.is_dir():
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        shutil.rmtree(folder)
+        print(f"removed the finished run's checkpoints ({size / 1e9:.2f} GB); the trained policy is in {run / 'policy'}")
 
 
 class Stopwatch:

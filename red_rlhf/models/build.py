@@ -145,15 +145,8 @@ def as_reference(policy, ref):
             yield policy
 
 
-# Modules that moved in the 0.2 layout: a function path naming the old module still loads, with a notice.
-MOVED_MODULES = {"red_rlhf.toy": "red_rlhf.data.toy"}
-
-
 def import_function(path: str, where: str = "reward.function"):
     module_name, _, attr = path.partition(":")
-    if module_name in MOVED_MODULES:
-        print(f"notice: {where}: module {module_name} is now {MOVED_MODULES[module_name]}; update {path!r}")
-        module_name = MOVED_MODULES[module_name]
     try:
         fn = getattr(importlib.import_module(module_name), attr)
     except SyntaxError as err:

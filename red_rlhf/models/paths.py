@@ -31,6 +31,33 @@ def check_model_path(name_or_path: str, what: str, needs: tuple[str, ...] = MODE
     if not any((path / name).is_file() for name in needs):
         raise ValueError(f"{what}: {name_or_path} is a directory but holds no model (none of {', '.join(needs)}); "
                          "give the directory save_pretrained wrote")
+    if needs == MODEL_FILES:
+        check_model_files(path, what)
+
+
+def check_model_files(path: Path, what: str) -> None:
+    """Raise ValueError naming the file when a model folder's config.json is not JSON or a safetensors file is
+    empty, truncated or not safetensors (a copy cut short, a full disk). Reads the config and each weights file's
+    header only; the loader's own message would be a traceback ("SafetensorError: incomplete metadata")."""
+    import json
+
+    from safetensors import safe_open
+
+    config = path / "config.json"
+    if config.is_file():
+        try:
+            json.loads(config.read_text(encoding="utf-8-sig"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{what}: {config} is not valid JSON ({err}): the model folder is damaged") from None
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                f.keys()
+        except Exception as err:  # safetensors' SafetensorError: a truncated or empty file, a foreign format
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            size = file.stat().st_size
+            raise ValueError(f"{what}: {file} is not a whole safetensors file ({reason}; {size} bytes): the model "
+                             "folder is damaged, copy or save it again") from None
 
 
 def writable_dir(path: str | Path, what: str) -> Path:

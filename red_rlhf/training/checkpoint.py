@@ -28,6 +28,7 @@ import json
 import os
 import pickle
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -218,20 +219,70 @@ def save(out: Path, step: int, trainer_state: dict, accelerator, keep: int = 2) 
         pointer = root / ".latest.tmp"
         pointer.write_text(final.name + "\n")
         os.replace(pointer, root / "latest")
-        steps = sorted(p for p in root.glob("step-*") if p.is_dir())
-        for old in steps[:-keep]:
+        for old in to_rotate(root, step, keep):
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
 
 
-def latest(out: Path, must_exist: bool = True) -> Path | None:
-    pointer = _root(out) / "latest"
+def step_dirs(root: Path) -> list[tuple[int, Path]]:
+    """(step, directory) of every step-NNNNNN directory under `root`, by step (not by name: step-1000000 sorts
+    by name before step-999999)."""
+    found = []
+    for p in Path(root).glob("step-*"):
+        match = re.fullmatch(r"step-(\d+)", p.name)
+        if match and p.is_dir():
+            found.append((int(match.group(1)), p))
+    return sorted(found)
+
+
+def to_rotate(root: Path, step: int, keep: int) -> list[Path]:
+    """The checkpoints a save of `step` removes: those of earlier steps beyond the `keep` newest (the one just
+    written counts). Checkpoints of later steps are left alone: they are not this run's to delete (a run that
+    resumed from an earlier, whole checkpoint overwrites them when it reaches their step)."""
+    earlier = [p for s, p in step_dirs(root) if s <= step]
+    return earlier[:-keep] if keep > 0 else []
+
+
+def holds_checkpoints(out: Path) -> bool:
+    """Whether OUTPUT_DIR/checkpoints holds a `latest` pointer or any step directory (whatever `latest` says)."""
+    root = _root(out)
+    return (root / "latest").exists() or bool(step_dirs(root))
+
+
+def _pointed(out: Path) -> tuple[Path | None, str]:
+    """What `latest` names, if it names an existing step directory; else None and why not (for the message)."""
+    root = _root(out)
+    pointer = root / "latest"
     if not pointer.is_file():
-        if must_exist:
-            raise FileNotFoundError(f"no checkpoint to resume from in {_root(out)}")
-        return None
-    path = _root(out) / pointer.read_text().strip()
+        return None, f"{pointer} is missing"
+    try:
+        name = pointer.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        return None, f"{pointer} cannot be read ({err})"
+    if not name:
+        return None, f"{pointer} is empty"
+    if not re.fullmatch(r"step-\d+", name):
+        return None, f"{pointer} names {name[:60]!r}, which is not a step-NNNNNN checkpoint directory"
+    if not (root / name).is_dir():
+        return None, f"{pointer} names {name}, which does not exist"
+    return root / name, ""
+
+
+def latest(out: Path, must_exist: bool = True, say=None) -> Path | None:
+    """The newest checkpoint: the step directory `latest` names; when `latest` is missing, empty or names no
+    directory, the newest step directory by step, and `say` (print, by default) is told why. None (or
+    FileNotFoundError with must_exist) when there is none."""
+    path, why = _pointed(out)
+    if path is None:
+        steps = step_dirs(_root(out))
+        if not steps:
+            if must_exist:
+                raise FileNotFoundError(f"no checkpoint to resume from in {_root(out)}"
+                                        + (f" ({why})" if "missing" not in why else ""))
+            return None
+        path = steps[-1][1]
+        (say or print)(f"{why}; using the newest checkpoint by step, {path.name}")
     if (path / "state.pt").is_file() and not (path / TRAINER_STATE).is_file():
         raise CheckpointError(f"{path} was written by red-rlhf < 0.3 as a pickle (state.pt), which this version does "
                               "not load because unpickling can run code; start a new run or resume with the older version")
@@ -255,7 +306,8 @@ def usable(out: Path) -> Path:
         verify(path)
         return path
     except DamagedCheckpointError as err:
-        earlier = sorted((p for p in _root(out).glob("step-*") if p.is_dir() and p.name < path.name), reverse=True)
+        step = int(path.name.split("-")[1])
+        earlier = [p for s, p in reversed(step_dirs(_root(out))) if s < step]
         for candidate in earlier:
             try:
                 verify(candidate)
@@ -266,14 +318,23 @@ def usable(out: Path) -> Path:
         raise
 
 
-def load(path: Path, accelerator) -> dict:
+def read_trainer_state(path: Path) -> dict:
+    """trainer.json of a checkpoint (DamagedCheckpointError naming it when missing or not JSON)."""
+    file = Path(path) / TRAINER_STATE
+    if not file.is_file():
+        raise DamagedCheckpointError(f"checkpoint {path} is incomplete: its {TRAINER_STATE} is missing")
+    return _read_json(file)
+
+
+def load(path: Path, accelerator, strict: bool = True) -> dict:
     """Restore the prepared models and optimisers (accelerate's load_state) and this process's RNG states;
-    return trainer.json's contents. Refuses any file that would unpickle more than plain tensors."""
+    return trainer.json's contents. Refuses any file that would unpickle more than plain tensors.
+    strict=False: the weights files hold only the trainable weights (the caller checked which; frozen.py)."""
     path = Path(path)
-    trainer_state = _read_json(path / TRAINER_STATE)
+    trainer_state = read_trainer_state(path)
     check_files(path)
     try:
-        accelerator.load_state(str(path))  # optimiser files: torch.load(weights_only=True) with accelerate's allow-list
+        accelerator.load_state(str(path), **({} if strict else {"strict": False}))  # optimiser files: torch.load(weights_only=True) with accelerate's allow-list
     except pickle.UnpicklingError as err:
         raise CheckpointError(f"{path}: a file in this checkpoint holds pickled objects other than tensors "
                               f"({_reason(err)}); refusing to load it, as unpickling them could run code. "

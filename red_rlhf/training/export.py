@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 
 from red_rlhf.config import Config, reward_sources
@@ -63,11 +64,23 @@ def export_policy(model, tokenizer, cfg: Config, output_dir: str | Path, steps: 
 
 
 def _save(model, tokenizer, gen, folder: Path, card: str, state_dict: dict | None = None) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder, state_dict=state_dict)
-    tokenizer.save_pretrained(folder)
-    gen.save_pretrained(folder)
-    (folder / "README.md").write_text(card, encoding="utf-8")
+    """Write the folder beside (.NAME.tmp), then swap it in: the folder holds exactly the new model. Written in
+    place, files of an older export that this one does not write (a LoRA run's adapter_config.json under a full
+    model, an older shard) would stay, and from_pretrained would load them with the new weights."""
+    import shutil
+
+    tmp, old = folder.with_name(f".{folder.name}.tmp"), folder.with_name(f".{folder.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp, state_dict=state_dict)
+    tokenizer.save_pretrained(tmp)
+    gen.save_pretrained(tmp)
+    (tmp / "README.md").write_text(card, encoding="utf-8")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)  # two renames: a kill between them leaves the new export complete in .NAME.tmp
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _hub_id(name: str | None) -> str | None:

@@ -194,7 +194,7 @@ def begin(trainer, resume: bool) -> None:
         trainer.load(path)
         lines = apply_changes(trainer, changes)
     else:
-        if checkpoint.latest(out, must_exist=False) is not None:
+        if checkpoint.holds_checkpoints(out):  # even without a `latest` pointer: its steps would be deleted
             raise ValueError(f"{out} already holds checkpoints: pass --resume to continue, or pick another "
                              "train.output_dir")
         step, lines = 0, []
@@ -218,9 +218,9 @@ def preflight(cfg: Config, resume: bool) -> None:
     from red_rlhf.training import checkpoint
 
     out = writable_dir(cfg.train.output_dir, "train.output_dir")
-    if resume:
-        check_resume(cfg, checkpoint_step(checkpoint.latest(out)))
-    elif checkpoint.latest(out, must_exist=False) is not None:
+    if resume:  # quietly: the trainer says which checkpoint it resumes from, and why when `latest` is not used
+        check_resume(cfg, checkpoint_step(checkpoint.latest(out, say=lambda line: None)))
+    elif checkpoint.holds_checkpoints(out):
         raise ConfigError(f"{out} already holds checkpoints: pass --resume to continue, or pick another "
                           "train.output_dir")
     if cfg.policy.name_or_path != "toy":

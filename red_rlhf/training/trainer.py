@@ -31,8 +31,8 @@ from red_rlhf.core.reward_assembly import AssembledRewards, SourceScores, assemb
 from red_rlhf.data.prompts import PromptOrder, train_eval_prompts
 from red_rlhf.models.build import as_reference, build_run, place_frozen, score_sources
 from red_rlhf.models.precision import check_device
-from red_rlhf.models.sources import PrefixScores
-from red_rlhf.training import checkpoint, memory, tracking
+from red_rlhf.models.sources import PrefixScores, SourceError
+from red_rlhf.training import checkpoint, frozen, lock, memory, stops, tracking
 from red_rlhf.training.controllers import AdaptiveKL, multipliers, signed_coefficients
 from red_rlhf.training.export import export_policy
 from red_rlhf.training.guards import ensure_finite
@@ -90,6 +90,12 @@ class Trainer:
         self.policy, self.policy_opt = self.acc.prepare(run.policy, run.policy_opt)
         self.critic, self.critic_opt = (self.acc.prepare(run.critic, run.critic_opt) if run.critic is not None
                                         else (None, None))
+        # checkpoints hold what training changes: a LoRA policy's frozen base stays out (training/frozen.py)
+        self.trainable_only = self.acc.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED,
+                                                                DistributedType.MEGATRON_LM)
+        if self.trainable_only:
+            self.acc.register_save_state_pre_hook(frozen.keep_trainable)
+        self._fingerprints: dict[str, str | None] | None = None
         train_prompts, self.eval_prompts = train_eval_prompts(cfg.data, self.tokenizer)
         check_prompts(cfg, self.tokenizer)  # every prompt fits, named by file and line, before the first step
         self.order = PromptOrder(train_prompts, cfg.train.seed, self.acc.process_index, self.acc.num_processes)
@@ -99,7 +105,7 @@ class Trainer:
         self.on_phase: list[Callable[[Phase], None]] = []
         self.on_step_end: list[Callable[[dict], None]] = []
         self.step = 0
-        self._stop_requested = False
+        self._stop_requested: str | bool = False  # the name of the signal that asked to stop
 
     # ------------------------------------------------------------------ one step
 
@@ -228,22 +234,27 @@ class Trainer:
         from red_rlhf.progress import Progress  # plain lines when output is not a terminal
 
         c = self.cfg
-        begin_run(self, resume)  # checks what a resume may change, sets it, one metrics row per step, history
-        if self.acc.is_main_process:
-            (self.out / "config.json").write_text(json.dumps(to_dict(c), indent=2))
-        self.acc.init_trackers("red-rlhf", config=tracking.flat_config(to_dict(c)))
-        history, show = [], None
-        previous = signal.signal(signal.SIGINT, self._on_interrupt) if _main_thread() else None
+        held = self._lock()  # one trainer per output folder (training/lock.py)
+        history, show, previous = [], None, {}
         try:
+            begin_run(self, resume)  # checks what a resume may change, sets it, one metrics row per step, history
+            if self.acc.is_main_process:
+                (self.out / "config.json").write_text(json.dumps(to_dict(c), indent=2))
+            self.acc.init_trackers("red-rlhf", config=tracking.flat_config(to_dict(c)))
+            previous = stops.install(self._on_stop_signal) if _main_thread() else {}
             with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                           TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                           disable=not self.acc.is_main_process) as bar:
                 task = bar.add_task("train steps", total=c.train.steps, completed=self.step, info="")
                 phases = bar.add_task("phase", total=len(PHASES), info="")
-                show = lambda p: bar.update(phases, completed=p.number - 1, info=f"{p.number} {p.title}")  # noqa: E731
+                # "phase 6/7  controllers": the count is the running phase's number, the label its name
+                show = lambda p: bar.update(phases, completed=p.number, info=p.title)  # noqa: E731
                 self.on_phase.append(show)
                 while self.step < c.train.steps:
-                    metrics = self.train_step()
+                    try:
+                        metrics = self.train_step()
+                    except SourceError as err:  # a user's function or model: the step, and where to go on from
+                        raise SourceError(f"step {self.step + 1}, phase score: {err}; {self._resume_hint()}") from err
                     bar.update(phases, completed=len(PHASES), info="step done")
                     self.step += 1
                     metrics["step"] = self.step
@@ -253,25 +264,63 @@ class Trainer:
                     history.append(metrics)
                     bar.update(task, completed=self.step,
                                info=f"reward {metrics['reward_mean']:+.3f}  kl {metrics['kl']:.3f}")
-                    if (c.train.save_every and self.step % c.train.save_every == 0) or self.step == c.train.steps:
+                    saved = (c.train.save_every and self.step % c.train.save_every == 0) or self.step == c.train.steps
+                    if saved:
                         self.save()
-                    if self._stop_requested:
-                        self.save()
-                        raise KeyboardInterrupt
+                    stop = self._agreed_stop()  # every process stops after the same step (a collective)
+                    if stop is not None:
+                        if not saved:
+                            self.save()
+                        raise stops.Stopped(stop, self.step, self.out)
             self.export()
         finally:
             if show in self.on_phase:
                 self.on_phase.remove(show)
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            stops.restore(previous)
             self.acc.end_training()
+            lock.release(held)
         return history
 
-    def _on_interrupt(self, signum, frame):
-        if self._stop_requested:  # a second Ctrl-C: stop now; the last completed checkpoint stays valid
+    def _resume_hint(self) -> str:
+        saved = checkpoint.latest(self.out, must_exist=False, say=lambda line: None)
+        if saved is None:
+            return "no checkpoint was saved yet: fix it and start again"
+        return f"the last checkpoint is {saved}: fix it and continue with --resume"
+
+    def _lock(self):
+        """The main process takes OUTPUT_DIR/train.lock; every process learns whether it did (a collective), so
+        that a refused run stops on all of them rather than leaving the others waiting."""
+        held, refusal = None, None
+        if self.acc.is_main_process:
+            try:
+                held = lock.acquire(self.out)
+            except lock.FolderLocked as err:
+                refusal = err
+        if self.acc.num_processes > 1 and self._sum(torch.tensor(float(refusal is not None))).item() > 0:
+            refusal = refusal or lock.FolderLocked(f"{self.out} is in use by another trainer (see the main process)")
+        if refusal is not None:
+            raise refusal
+        return held
+
+    def _on_stop_signal(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self._stop_requested:  # a second signal: stop now; the last completed checkpoint stays valid
             raise KeyboardInterrupt
-        self._stop_requested = True
-        print("\ninterrupted: finishing this step, saving a checkpoint, then stopping (Ctrl-C again to stop now)")
+        self._stop_requested = name
+        how = "Ctrl-C" if signum == signal.SIGINT else name
+        print(f"\n{how}: finishing this step, saving a checkpoint, then stopping ({how} again to stop now)",
+              flush=True)
+
+    def _agreed_stop(self) -> str | None:
+        """The signal that asks this run to stop, if any process got one. Under several processes every one takes
+        part in a sum of the flags at each step boundary, so all stop after the same step and save together (a
+        scheduler's SIGTERM reaches the processes at slightly different moments)."""
+        local = self._stop_requested or None
+        if self.acc.num_processes == 1:
+            return local
+        flag = torch.tensor(stops.code_of(local), dtype=torch.float32)
+        agreed = int(self.acc.reduce(flag.to(self.acc.device), reduction="max").item())
+        return local or stops.name_of(agreed)
 
     # ------------------------------------------------------------------ evaluation, logging, checkpoints
 
@@ -348,17 +397,32 @@ class Trainer:
             hook(metrics)
 
     def save(self) -> None:
-        """Models and optimisers through accelerate (sharded under FSDP); the rest as JSON (checkpoint.py)."""
+        """Models and optimisers through accelerate (sharded under FSDP); the rest as JSON (checkpoint.py). Frozen
+        weights stay out, identified by a fingerprint (training/frozen.py)."""
         state = {
             "step": self.step, "kl_coef": self.kl.coef, "prompt_order": self.order.state_dict(),
             "lagrange": {name: m.value for name, m in self.lambdas.items()},
             "policy_sched": self.policy_sched.state_dict(),
             "critic_sched": self.critic_sched.state_dict() if self.critic is not None else None,
+            "weights": "trainable" if self.trainable_only else "all", "frozen": self.fingerprints(),
         }
         checkpoint.save(self.out, self.step, state, self.acc, keep=self.cfg.train.keep_checkpoints)
 
+    def fingerprints(self) -> dict[str, str | None]:
+        """The frozen weights' fingerprint of each model (computed once: frozen weights do not change)."""
+        if self._fingerprints is None:
+            models = {"policy": self.policy, "critic": self.critic}
+            self._fingerprints = {name: frozen.fingerprint(self.acc.unwrap_model(model))
+                                  for name, model in models.items() if model is not None}
+        return self._fingerprints
+
     def load(self, path: Path) -> None:
-        state = checkpoint.load(path, self.acc)
+        checkpoint.verify(path)  # damaged or tampered files are named before anything reads them
+        trainable_only = checkpoint.read_trainer_state(path).get("weights") == "trainable"
+        if trainable_only:  # the frozen base came from its source; the file must hold every trainable weight
+            self._check_trainable_files(Path(path))
+        state = checkpoint.load(path, self.acc, strict=not trainable_only)
+        self._check_frozen(Path(path), state.get("frozen") or {})
         self.step, self.kl.coef = state["step"], state["kl_coef"]
         for name, value in state.get("lagrange", {}).items():
             if name not in self.lambdas:
@@ -369,6 +433,29 @@ class Trainer:
         self.policy_sched.load_state_dict(state["policy_sched"])
         if self.critic is not None:
             self.critic_sched.load_state_dict(state["critic_sched"])
+
+    def _check_trainable_files(self, path: Path) -> None:
+        models = [("policy", self.policy), ("critic", self.critic)]
+        for i, (what, model) in enumerate(m for m in models if m[1] is not None):
+            file = path / ("model.safetensors" if i == 0 else f"model_{i}.safetensors")
+            if not file.is_file():
+                raise checkpoint.DamagedCheckpointError(f"checkpoint {path} is incomplete: {file} is missing")
+            try:
+                frozen.check_weights_file(model, file, what)
+            except ValueError as err:
+                raise checkpoint.CheckpointError(f"{err}: it does not fit this run's {what}; resume with the config "
+                                                 "that wrote it") from None
+
+    def _check_frozen(self, path: Path, saved: dict) -> None:
+        """The frozen weights rebuilt from their source are those the checkpoint was trained on."""
+        now = self.fingerprints()
+        for name, before in saved.items():
+            if before is not None and now.get(name) != before:
+                source = self.cfg.policy.name_or_path if name == "policy" else f"algo.critic_init={self.cfg.algo.critic_init}"
+                raise checkpoint.CheckpointError(
+                    f"{path}: the frozen weights of the {name} loaded from {source} differ from those the checkpoint "
+                    f"was trained on (fingerprint {now.get(name)} != {before}); the checkpoint stores only what "
+                    "training changes, so it must be resumed on the same base model: restore that model at its path")
 
     def export(self, hub_api=None) -> None:
         """The trained policy as standard HF folders with a card (training/export.py); train.push_to_hub pushes it."""
