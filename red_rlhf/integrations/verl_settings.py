@@ -36,7 +36,7 @@ SUMMING_ESTIMATORS = ("grpo", "grpo_vectorized", "grpo_passk", "gdpo", "reinforc
 # Inputs an estimator needs that verl's v1 trainer (trainer.use_v1, the default) never puts in the batch it hands
 # to compute_advantage: it fetches only uid, response_mask, rm_scores, rollout_log_probs, old_log_probs,
 # ref_log_prob and values (trainer/ppo/v1/trainer_base.py:1745); ReMax's greedy baseline is computed by the legacy
-# trainer only (ray_trainer.py:1493-1535), the optimal token baselines assert sum_pi_squared (ray_trainer.py:265-271).
+# trainer only (ray_trainer.py:1493-1535), the optimal token baselines assert sum_pi_squared (ray_trainer.py:264-271).
 TRAINER_INPUTS = {"remax": "reward_baselines", "optimal_token_baseline": "sum_pi_squared",
                   "tir_optimal_token_baseline": "sum_pi_squared"}
 
@@ -147,7 +147,7 @@ def check_route(config) -> None:
             f"algorithm.adv_estimator={estimator} sums each response's token rewards before using them, so RED's "
             f"redistribution would change nothing (every row sums to R(x, y) - R(x)); use algorithm.adv_estimator="
             f"{ours}: the same group baseline on each token's return-to-go (equal to {estimator} with the sparse "
-            "reward), registered with verl by this module. Or gae (PPO with a critic)")
+            "reward), which red_rlhf.integrations.verl registers with verl. Or gae (PPO with a critic)")
     if estimator in SUMMING_ESTIMATORS:
         raise ConfigError(
             f"algorithm.adv_estimator={estimator} sums each response's token rewards before using them, so RED's "
