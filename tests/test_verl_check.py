@@ -49,10 +49,11 @@ def table(out: str) -> list[list[str]]:
     return [line.split() for line in lines[start:]]
 
 
-def test_recipe_checks_and_prints_the_first_prompts_row(setup, capsys):
-    verl_check_main(["--config", str(RECIPES / "red_ppo.yaml"), *setup["overrides"]])
+@pytest.mark.parametrize("recipe, estimator", [("red_ppo", "gae"), ("red_grpo", "red_grpo")])
+def test_recipe_checks_and_prints_the_first_prompts_row(setup, capsys, recipe, estimator):
+    verl_check_main(["--config", str(RECIPES / f"{recipe}.yaml"), *setup["overrides"]])
     out = capsys.readouterr().out
-    assert "composed and validated by verl" in out and "adv_estimator=gae" in out
+    assert "composed and validated by verl" in out and f"adv_estimator={estimator}" in out
     assert "reward_kwargs.device=auto is run on the cpu" in out
     rewards = [float(row[-3]) for row in table(out)]
     # the same text through red_rlhf's own scorer: prompt_text last_user reads the user message the dataset holds

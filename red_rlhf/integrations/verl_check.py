@@ -189,6 +189,9 @@ def main(argv: list[str] | None = None) -> None:
         layout = "v1" if config.trainer.get("use_v1", True) else "v0"
         print(f"{args.config}: composed and validated by verl; RED route and reward.reward_kwargs accepted; "
               f"adv_estimator={config.algorithm.adv_estimator}; trainer {layout}")
+        if config.algorithm.adv_estimator != "gae":
+            print(f"note: the return and advantage columns below are GAE's with values 0 on this one row; "
+                  f"{config.algorithm.adv_estimator} compares the rollout.n responses of a prompt")
     else:
         if overrides:
             parser.error(f"unrecognised arguments: {' '.join(overrides)} (Hydra overrides go with --config)")
