@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 from pathlib import Path
 
-from learning_stats import kl_grid, mean_at_kl, t_quantile
+from learning_stats import kl_grid, mean_at_kl, min_detectable
 
 RANGES = ((2.0, 8.0), (2.0, 10.0), (1.0, 6.0))
 PRIMARY_RANGE = (2.0, 8.0)
@@ -39,11 +38,6 @@ def old_long_runs(runs: list[dict]) -> dict[str, dict[int, dict]]:
 
 def statistic(r: dict, key: str, low: float, high: float) -> float | None:
     return mean_at_kl([e["kl"] for e in r["evals"]], [e[key] for e in r["evals"]], kl_grid(low, high, GRID_STEP))
-
-
-def min_detectable(sd_d: float, n: int, alpha: float, power: float = 0.8) -> float:
-    """Smallest true mean difference a two-sided paired t-test over n seeds finds with this power at level alpha."""
-    return (t_quantile(1 - alpha / 2, n - 1) + t_quantile(power, n - 1)) * sd_d / math.sqrt(n)
 
 
 def power_table(groups: dict[str, dict[int, dict]]) -> list[dict]:

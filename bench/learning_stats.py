@@ -158,6 +158,13 @@ def t_quantile(q: float, df: float) -> float:
     return (lo + hi) / 2
 
 
+def min_detectable(sd_d: float, n: int, alpha: float, power: float = 0.8) -> float:
+    """The smallest true mean difference a two-sided paired t-test over n pairs finds with this power at level
+    alpha, when the differences have standard deviation sd_d: (t_{1-alpha/2, n-1} + t_{power, n-1}) sd_d / sqrt(n)
+    (the usual approximation of the non-central t)."""
+    return (t_quantile(1 - alpha / 2, n - 1) + t_quantile(power, n - 1)) * sd_d / math.sqrt(n)
+
+
 def paired_t_test(a: Sequence[float], b: Sequence[float]) -> dict:
     """Two-sided paired t-test of mean(a - b) = 0, the pairs (a[i], b[i]) sharing a seed: n, the mean difference
     and its 95% t-interval, t, df and p. Fewer than 2 pairs or no spread: p is nan (no test)."""

@@ -9,8 +9,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-from learning_stats import (at_kl, bootstrap, holm, kl_grid, mean_at_kl, paired_t_test, pairwise_accuracy,  # noqa: E402
-                            spearman, step_reaching, t_interval, t_quantile, t_two_sided_p)
+from learning_stats import (at_kl, bootstrap, holm, kl_grid, mean_at_kl, min_detectable, paired_t_test,  # noqa: E402
+                            pairwise_accuracy, spearman, step_reaching, t_interval, t_quantile, t_two_sided_p)
 
 
 def test_t_interval_matches_the_textbook_formula():
@@ -56,6 +56,13 @@ def test_t_p_values_match_the_closed_forms_for_one_and_two_degrees_of_freedom_an
         assert t_two_sided_p(t975, df) == pytest.approx(0.05, abs=5e-4)
         assert t_quantile(0.975, df) == pytest.approx(t975, abs=1e-3)
     assert t_two_sided_p(0.0, 5) == pytest.approx(1.0)
+
+
+def test_min_detectable_difference_from_table_quantiles():
+    # 9 pairs (df 8): t_0.975 = 2.306, t_0.8 = 0.889 (table values), sd 1 -> (2.306 + 0.889) / 3
+    assert min_detectable(1.0, 9, 0.05) == pytest.approx((2.306 + 0.889) / 3, abs=1e-3)
+    assert min_detectable(2.0, 9, 0.05) == pytest.approx(2 * min_detectable(1.0, 9, 0.05))
+    assert min_detectable(1.0, 9, 0.05 / 3) > min_detectable(1.0, 9, 0.05)  # a stricter level needs more
 
 
 def test_paired_t_test_on_a_hand_worked_case():
