@@ -148,13 +148,20 @@ def evaluate(trainer, prompts: list[str], gold=None) -> dict:
     out = {"step": trainer.step, "rm_score": sum(final) / n, "judge": sum(judge(texts)) / n, "kl": sum(kl) / n,
            "response_length": ro.response_mask.sum(-1).float().mean().item(),
            "ended_with_eos": ro.ended.float().mean().item()}
-    if gold is not None:
-        full = [p + r for p, r in zip(ro.prompts, texts)]
+    if gold is not None:  # the policy's special tokens (its EOS, which the proxy reads) are not text to the judge
+        specials = trainer.tokenizer.all_special_tokens
+        full = [p + _strip(r, specials) for p, r in zip(ro.prompts, texts)]
         golds = gold.score(full)
         out["gold"] = sum(golds) / n
         out["samples"] = [{"text": t, "gold": round(g, 4), "proxy": round(f, 4)} for t, g, f in zip(full[:4], golds, final)]
     out["seconds"] = time.perf_counter() - begin
     return out
+
+
+def _strip(text: str, specials: list[str]) -> str:
+    for token in specials:
+        text = text.replace(token, "")
+    return text
 
 
 def demo_cache(cache_dir: str) -> tuple[Path, str, Path]:
@@ -190,7 +197,7 @@ def train_run(spec: RunSpec, cache_dir: str, work: Path, eval_every: int, eval_p
     from red_rlhf.demo.pipeline import train_config
     from red_rlhf.training.trainer import Trainer
 
-    wall, cpu = time.perf_counter(), time.process_time()
+    wall, cpu, commit = time.perf_counter(), time.process_time(), _commit()  # the code this run starts with
     out = work / spec.name
     shutil.rmtree(out, ignore_errors=True)  # an interrupted run starts over
     s = DemoSettings(cache_dir=cache_dir, output_dir=str(out), reward_scheme=spec.scheme, steps=spec.steps,
@@ -216,7 +223,7 @@ def train_run(spec: RunSpec, cache_dir: str, work: Path, eval_every: int, eval_p
     train = [{"step": m["step"], **{k: round(m[k], 6) for k in TRAIN_KEYS if k in m}} for m in history]
     return {"name": spec.name, **asdict(spec), "eval_prompts": len(prompts), "eval_every": eval_every,
             "evals": evals, "train": train, "wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu,
-            "torch_threads": _threads(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": _commit()}
+            "torch_threads": _threads(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": commit}
 
 
 def _threads() -> int:
@@ -225,11 +232,15 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
+CODE = ("red_rlhf", "bench", "configs")  # what a run executes; results and docs change while a study runs
+
+
 def _commit() -> str:
-    """HEAD's short hash, with "-dirty" when tracked files differ from it (the runs' code is not that commit's)."""
+    """HEAD's short hash, with "-dirty" when the code (CODE) differs from it: the run's code is not that commit's."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE],
+                               capture_output=True, text=True).stdout
     except OSError:
         return ""
     return head + ("-dirty" if dirty.strip() else "")

@@ -87,3 +87,25 @@ def test_the_report_refuses_runs_of_several_commits_or_uncommitted_code(tmp_path
         r["commit"] = "abc1234-dirty"
     with pytest.raises(ValueError, match="one clean commit"):
         report(runs, tmp_path)
+
+
+def test_a_runs_commit_is_dirty_when_the_code_differs_not_when_results_grow(tmp_path, monkeypatch):
+    import subprocess
+
+    from bench_learning import _commit, _strip
+
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    (tmp_path / "red_rlhf").mkdir()
+    (tmp_path / "red_rlhf" / "x.py").write_text("a = 1\n")
+    (tmp_path / "runs.jsonl").write_text("{}\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    monkeypatch.chdir(tmp_path)
+    head = _commit()
+    assert head and not head.endswith("-dirty")
+    (tmp_path / "runs.jsonl").write_text("{}\n{}\n")  # the study appends its results: same code
+    assert _commit() == head
+    (tmp_path / "red_rlhf" / "x.py").write_text("a = 2\n")
+    assert _commit() == head + "-dirty"
+    assert _strip("Fine film.<|im_end|>", ["<|im_end|>", "<|endoftext|>"]) == "Fine film."
