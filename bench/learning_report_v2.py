@@ -90,8 +90,10 @@ def plot(arms: dict, path: Path) -> Path:
     names = [a for a in ("ppo-red", "ppo-sparse-rc", "rloo-red", "rloo-sparse", "grpo-red", "grpo-sparse", "ppo-sparse")
              if a in arms]
     fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.6), squeeze=False, sharey=True)
+    twins = []
     for ax, name in zip(axes[0], names):
         twin = ax.twinx()
+        twins.append(twin)
         for run in arms[name].values():
             kls = [e["kl"] for e in run["evals"]]
             ax.plot(kls, [e["gold"] for e in run["evals"]], color="tab:green", lw=1, alpha=0.7)
@@ -100,6 +102,9 @@ def plot(arms: dict, path: Path) -> Path:
         ax.set_title(name)
         ax.set_xlabel("KL to reference (nats)")
         twin.set_ylabel("proxy (dashed)", color="tab:purple")
+    low, high = min(t.get_ylim()[0] for t in twins), max(t.get_ylim()[1] for t in twins)
+    for twin in twins:  # one proxy scale for every panel, as the gold axis is shared
+        twin.set_ylim(low, high)
     axes[0][0].set_ylabel("gold judge (solid)", color="tab:green")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
