@@ -131,8 +131,9 @@ def fit_ridge(x: torch.Tensor, y: torch.Tensor, penalty: float) -> tuple[torch.T
 def ridge_reference(x: torch.Tensor, y: torch.Tensor, penalty: float) -> tuple[torch.Tensor, float]:
     """The same fit the slow, obvious way: least squares on rows [x 1] stacked over sqrt(penalty) * [I 0]."""
     n, d = x.shape
-    design = torch.cat([torch.cat([x.double(), torch.ones(n, 1, dtype=torch.float64)], 1),
-                        torch.cat([penalty ** 0.5 * torch.eye(d, dtype=torch.float64), torch.zeros(d, 1, dtype=torch.float64)], 1)])
+    f64 = torch.float64
+    design = torch.cat([torch.cat([x.double(), torch.ones(n, 1, dtype=f64)], 1),  # (N + D, D + 1)
+                        torch.cat([penalty ** 0.5 * torch.eye(d, dtype=f64), torch.zeros(d, 1, dtype=f64)], 1)])
     target = torch.cat([y.double(), torch.zeros(d, dtype=torch.float64)])
     solution = torch.linalg.lstsq(design, target.unsqueeze(1), driver="gelsd").solution.squeeze(1)
     return solution[:d], float(solution[d])

@@ -7,8 +7,8 @@ Power: the primary statistic (a run's mean score over a KL range, `learning_stat
 old runs of RED and sparse (64 new tokens, KL coefficient 0.05, 5 seeds), for the two scores they have (the proxy
 reward model's and VADER's; the gold judge did not exist). The spread of the per-seed differences, sd_d, gives the
 smallest true difference a paired t-test over n seeds detects with power 0.8 at the Holm family's strictest level
-alpha / m (m = 2 or 3 primary comparisons):  (t_{1 - alpha / 2m, n - 1} + t_{0.8, n - 1}) * sd_d / sqrt(n)  (the usual t approximation of the
-non-central t). In units of sd_d this is the standardised effect d_z the study can see.
+alpha / m (m = 2 or 3 primary comparisons):  (t_{1 - alpha / 2m, n - 1} + t_{0.8, n - 1}) * sd_d / sqrt(n)
+(`learning_stats.min_detectable`, the usual t approximation of the non-central t). In units of sd_d this is the standardised effect d_z the study can see.
 
 Compute: seconds per training step and per evaluated prompt from the same runs, taken from quiet runs (the median
 over the runs' steps and evaluations), scaled to a plan's steps, evaluations and prompts.
