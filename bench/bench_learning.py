@@ -272,6 +272,8 @@ def worker(args: argparse.Namespace) -> None:
         print(f"run {spec.name} (pid {os.getpid()}, {args.threads} threads)", flush=True)
         record = train_run(spec, args.cache_dir, Path(args.work), args.eval_every, args.eval_prompts, gold)
         record["workers"] = args.workers
+        if gold is not None:
+            record["gold_judge_sha256"] = gold.sha256
         append_result(Path(args.results), record)
         print(f"done {spec.name} in {record['wall_s'] / 60:.1f} min", flush=True)
 

@@ -14,7 +14,9 @@ training every movie snippet of the proxy's training pairs, every snippet whose 
 validation sets: the movie snippets of the proxy's held-out pairs, and a seeded share of the other sentences.
 
 The judge scores prompt + response, the text the proxy scores, in rating units. Built once into
-<cache>/gold-minilm-ridge-v1/judge.json (weights, penalty, counts, validation); `GoldJudge.load` reads it.
+<cache>/gold-minilm-ridge-v1/judge.json (weights, penalty, counts, validation); `GoldJudge.load` reads it. The
+study's judge is committed as docs/results/learning-v2/gold_judge_weights.json; when that file exists, a build
+copies it instead of fitting again.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ SOURCES = {"movie": "movieReviewSnippets_GroundTruth.txt", "tweets": "tweets_Gro
            "amazon": "amazonReviewSnippets_GroundTruth.txt", "nyt": "nytEditorialSnippets_GroundTruth.txt"}
 PENALTIES = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 JUDGE_DIR = "gold-minilm-ridge-v1"  # bump when the recipe changes
+# The study's judge, committed (8 KB): a later build copies it instead of fitting again, so the judge is fixed.
+PINNED = Path(__file__).resolve().parents[1] / "docs" / "results" / "learning-v2" / "gold_judge_weights.json"
 
 
 @dataclass(frozen=True)
@@ -216,6 +220,7 @@ class GoldJudge:
 
     def __init__(self, encoder, weights: torch.Tensor, bias: float):
         self.encoder, self.weights, self.bias = encoder, weights.double(), float(bias)
+        self.sha256 = ""
 
     def score(self, texts: list[str]) -> list[float]:
         return (self.encoder.embed(texts).double() @ self.weights + self.bias).tolist()
@@ -225,8 +230,10 @@ class GoldJudge:
         path = Path(cache_dir).expanduser() / JUDGE_DIR / "judge.json"
         if not path.is_file():
             raise FileNotFoundError(f"no gold judge in {path.parent}: build it with bench/gold_judge.py")
-        saved = json.loads(path.read_text())
-        return cls(SentenceEncoder(minilm_dir(cache_dir)), torch.tensor(saved["weights"]), saved["bias"])
+        judge = cls(SentenceEncoder(minilm_dir(cache_dir)), torch.tensor(json.loads(path.read_text())["weights"]),
+                    json.loads(path.read_text())["bias"])
+        judge.sha256 = hashlib.sha256(path.read_bytes()).hexdigest()  # each run records which judge scored it
+        return judge
 
 
 # ---------------------------------------------------------------------------------------------------- build
@@ -264,6 +271,10 @@ def build(cache_dir: str | Path, data_dir: Path, rm_dir: Path, sdist: Path) -> d
 
     path = Path(cache_dir).expanduser() / JUDGE_DIR / "judge.json"
     if path.is_file():
+        return json.loads(path.read_text())
+    if PINNED.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(PINNED.read_bytes())
         return json.loads(path.read_text())
     train_pairs = json.loads((rm_dir / "rm_metrics.json").read_text())["train_pairs"]
     proxy_train, proxy_eval = proxy_ids(data_dir, train_pairs)

@@ -115,3 +115,15 @@ def test_sentence_encoder_pools_real_tokens_only_and_keeps_the_input_order(tmp_p
     assert torch.allclose(together.norm(dim=-1), torch.ones(4), atol=1e-5)
     judge = GoldJudge(enc, torch.ones(32), 0.5)
     assert judge.score(texts[:2]) == pytest.approx((alone[:2].double().sum(-1) + 0.5).tolist())
+
+
+def test_a_build_copies_the_committed_judge_instead_of_fitting_again(tmp_path, monkeypatch):
+    import gold_judge
+
+    pinned = tmp_path / "pinned.json"
+    pinned.write_text(json.dumps({"weights": [0.5, -0.5], "bias": 1.0, "penalty": 3.0}))
+    monkeypatch.setattr(gold_judge, "PINNED", pinned)
+    missing = tmp_path / "does-not-exist"  # no data, reward model or sdist: fitting would fail
+    record = gold_judge.build(tmp_path / "cache", missing, missing, missing)
+    assert record["weights"] == [0.5, -0.5]
+    assert (tmp_path / "cache" / gold_judge.JUDGE_DIR / "judge.json").read_bytes() == pinned.read_bytes()
