@@ -9,7 +9,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-from learning_stats import at_kl, bootstrap, step_reaching, t_interval  # noqa: E402
+from learning_stats import (at_kl, bootstrap, holm, kl_grid, mean_at_kl, min_detectable, paired_t_test,  # noqa: E402
+                            pairwise_accuracy, spearman, step_reaching, t_interval, t_quantile, t_two_sided_p)
 
 
 def test_t_interval_matches_the_textbook_formula():
@@ -45,6 +46,64 @@ def test_bootstrap_counts_missing_draws_and_brackets_the_mean():
     assert share == 1.0 and lo < 4.5 < hi
     share, _, _ = bootstrap([values], lambda xs: None if 9.0 not in xs else 1.0, draws=500)
     assert 0.5 < share < 0.8  # P(9 drawn at least once in 10) = 1 - 0.9^10 = 0.65
+
+
+def test_t_p_values_match_the_closed_forms_for_one_and_two_degrees_of_freedom_and_the_table():
+    for t in (0.3, 1.0, 2.5, 12.0):
+        assert t_two_sided_p(t, 1) == pytest.approx(1 - 2 / math.pi * math.atan(t), abs=1e-12)  # Cauchy
+        assert t_two_sided_p(-t, 2) == pytest.approx(1 - t / math.sqrt(t * t + 2), abs=1e-12)
+    for df, t975 in ((4, 2.776), (8, 2.306), (30, 2.042)):  # the table of T_975: p = 0.05 at the 0.975 quantile
+        assert t_two_sided_p(t975, df) == pytest.approx(0.05, abs=5e-4)
+        assert t_quantile(0.975, df) == pytest.approx(t975, abs=1e-3)
+    assert t_two_sided_p(0.0, 5) == pytest.approx(1.0)
+
+
+def test_min_detectable_difference_from_table_quantiles():
+    # 9 pairs (df 8): t_0.975 = 2.306, t_0.8 = 0.889 (table values), sd 1 -> (2.306 + 0.889) / 3
+    assert min_detectable(1.0, 9, 0.05) == pytest.approx((2.306 + 0.889) / 3, abs=1e-3)
+    assert min_detectable(2.0, 9, 0.05) == pytest.approx(2 * min_detectable(1.0, 9, 0.05))
+    assert min_detectable(1.0, 9, 0.05 / 3) > min_detectable(1.0, 9, 0.05)  # a stricter level needs more
+
+
+def test_paired_t_test_on_a_hand_worked_case():
+    # differences 1, 2, 3: mean 2, sd 1, t = 2 / (1 / sqrt 3) = 2 sqrt 3 on 2 df, p = 1 - t / sqrt(t^2 + 2)
+    out = paired_t_test([11.0, 12.0, 13.0], [10.0, 10.0, 10.0])
+    t = 2 * math.sqrt(3)
+    assert out["n"] == 3 and out["df"] == 2 and out["mean"] == pytest.approx(2.0)
+    assert out["t"] == pytest.approx(t) and out["p"] == pytest.approx(1 - t / math.sqrt(t * t + 2))  # 0.0742
+    assert (out["low"], out["high"]) == pytest.approx((2 - 4.303 / math.sqrt(3), 2 + 4.303 / math.sqrt(3)))
+    assert math.isnan(paired_t_test([1.0, 2.0], [0.0, 1.0])["p"])  # every difference 1: no spread, no test
+    with pytest.raises(ValueError, match="pairs"):
+        paired_t_test([1.0, 2.0], [1.0])
+
+
+def test_holm_on_hand_worked_families():
+    # sorted 0.01, 0.03, 0.04 -> x3, x2, x1 = 0.03, 0.06, 0.04 -> running max 0.03, 0.06, 0.06
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert holm([0.02]) == pytest.approx([0.02])  # one comparison: no correction
+    assert holm([0.01, float("nan"), 0.02]) == pytest.approx([0.03, 1.0, 0.04])  # a missing test stays in the family
+    with pytest.raises(ValueError):
+        holm([1.5])
+
+
+def test_mean_at_kl_averages_the_interpolated_trace_and_refuses_a_partial_range():
+    kls, scores = [0.0, 4.0, 8.0], [0.0, 4.0, 6.0]
+    assert kl_grid(2.0, 6.0, 1.0) == [2.0, 3.0, 4.0, 5.0, 6.0]
+    assert mean_at_kl(kls, scores, kl_grid(2.0, 6.0, 1.0)) == pytest.approx((2 + 3 + 4 + 4.5 + 5) / 5)
+    assert mean_at_kl(kls, scores, kl_grid(2.0, 9.0, 1.0)) is None  # stops at KL 8
+    with pytest.raises(ValueError, match="divide"):
+        kl_grid(2.0, 6.0, 0.3)
+
+
+def test_spearman_and_pairwise_accuracy_on_hand_worked_cases():
+    assert spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)  # 1 - 6 * 2 / (4 * 15)
+    assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(4.5 / math.sqrt(4.5 * 5))  # tie-averaged ranks
+    assert spearman([3, 2, 1], [10, 20, 30]) == pytest.approx(-1.0)
+    # pairs (0,1) gap 1 right, (0,2) gap 2.5 right, (1,2) gap 1.5 wrong
+    assert pairwise_accuracy([0.0, 1.0, 2.5], [0.0, 2.0, 1.0]) == (pytest.approx(2 / 3), 3)
+    assert pairwise_accuracy([0.0, 1.0, 2.5], [0.0, 2.0, 1.0], margin=1.2) == (pytest.approx(0.5), 2)
+    assert pairwise_accuracy([0.0, 1.0], [5.0, 5.0]) == (pytest.approx(0.5), 1)  # a tie counts one half
 
 
 def test_the_plan_runs_every_scheme_of_a_seed_before_the_next_seed_and_names_each_run_once():

@@ -1,0 +1,141 @@
+"""Study v2's report (`bench/bench_learning.py report --study v2`), as docs/results/learning-v2/PROTOCOL.md fixes
+it: the primary table (one statistic per run, a paired t-test per comparison, Holm over the primary comparisons),
+then exploratory tables, the score-vs-KL plot per arm (gold and proxy) and summary.json.
+
+Statistic: G = a run's mean gold score over KL 2-8 nats (`learning_stats.mean_at_kl` on `kl_grid(2, 8, 0.25)`).
+A pair (same RL seed) counts when both runs have G; a comparison with fewer than MIN_PAIRS pairs has no test.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from learning_stats import holm, kl_grid, mean_at_kl, min_detectable, paired_t_test
+
+KL_RANGE, KL_STEP, MIN_PAIRS, LEVEL = (2.0, 8.0), 0.25, 6, 0.05
+PRIMARY = (("C1", "Q1: RED vs sparse PPO with a reward-model critic", "ppo-red", "ppo-sparse-rc"),
+           ("C2", "Q2: RED vs sparse, RLOO (no critic)", "rloo-red", "rloo-sparse"),
+           ("C3", "Q3: RED vs sparse, GRPO (no critic)", "grpo-red", "grpo-sparse"))
+EXPLORATORY = (("ppo-red", "ppo-sparse"), ("ppo-sparse-rc", "ppo-sparse"))
+MEASURES = (("gold", "gold judge"), ("rm_score", "proxy reward model"), ("judge", "VADER"))
+
+
+def statistic(run: dict, key: str = "gold") -> float | None:
+    evals = run["evals"]
+    return mean_at_kl([e["kl"] for e in evals], [e[key] for e in evals], kl_grid(*KL_RANGE, KL_STEP))
+
+
+def by_arm(runs: list[dict]) -> dict[str, dict[int, dict]]:
+    """{arm: {seed: run}}; refuses runs of several commits or of uncommitted code (PROTOCOL.md: one commit)."""
+    commits = sorted({r.get("commit", "") for r in runs})
+    if len(commits) > 1 or any(c.endswith("-dirty") or not c for c in commits):
+        raise ValueError(f"study v2's runs must share one clean commit; these runs have {commits}")
+    out: dict[str, dict[int, dict]] = defaultdict(dict)
+    for r in runs:
+        out[r["arm"]][r["seed"]] = r
+    return dict(out)
+
+
+def compare(arms: dict, a: str, b: str, key: str = "gold") -> dict:
+    """The paired test of G(a) - G(b) over the seeds where both runs reach the top of the KL range."""
+    seeds = sorted(set(arms.get(a, {})) & set(arms.get(b, {})))
+    values = [(s, statistic(arms[a][s], key), statistic(arms[b][s], key)) for s in seeds]
+    pairs = [(s, x, y) for s, x, y in values if x is not None and y is not None]
+    out = {"a": a, "b": b, "measure": key, "seeds_run": len(seeds), "pairs": len(pairs), "seeds": [s for s, _, _ in pairs],
+           "per_seed": [x - y for _, x, y in pairs]}
+    if len(pairs) < MIN_PAIRS:
+        return {**out, "mean": math.nan, "low": math.nan, "high": math.nan, "t": math.nan, "p": math.nan,
+                "reached": False}
+    return {**out, **paired_t_test([x for _, x, _ in pairs], [y for _, _, y in pairs]), "reached": True}
+
+
+def primary_table(arms: dict) -> list[dict]:
+    """The primary comparisons that exist (C3 only when GRPO arms ran), each with its Holm-adjusted p."""
+    rows = []
+    for cid, question, a, b in PRIMARY:
+        if cid == "C3" and not (a in arms or b in arms):
+            continue
+        rows.append({"id": cid, "question": question, **compare(arms, a, b)})
+    for row, adjusted in zip(rows, holm([r["p"] for r in rows])):
+        row["p_holm"] = adjusted
+        row["finding"] = row["reached"] and adjusted < LEVEL
+        sd = statistics.stdev(row["per_seed"]) if len(row["per_seed"]) > 1 else math.nan
+        row["detectable"] = min_detectable(sd, row["pairs"], LEVEL / len(rows)) if row["reached"] else math.nan
+    return rows
+
+
+def verdict(row: dict) -> str:
+    if not row["reached"]:
+        return f"not reached: {row['pairs']} complete pairs, fewer than {MIN_PAIRS}"
+    if row["finding"]:
+        return f"{'RED ahead' if row['mean'] > 0 else 'RED behind'} (Holm p {row['p_holm']:.3f})"
+    return f"no difference found; detectable with power 0.8: {row['detectable']:.3f}"
+
+
+def _f(x: float, digits: int = 3) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def plot(arms: dict, path: Path) -> Path:
+    """Gold (left axis, solid) and proxy (right axis, dashed) against KL, one panel per arm, a line per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [a for a in ("ppo-red", "ppo-sparse-rc", "rloo-red", "rloo-sparse", "grpo-red", "grpo-sparse", "ppo-sparse")
+             if a in arms]
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.6), squeeze=False, sharey=True)
+    twins = []
+    for ax, name in zip(axes[0], names):
+        twin = ax.twinx()
+        twins.append(twin)
+        for run in arms[name].values():
+            kls = [e["kl"] for e in run["evals"]]
+            ax.plot(kls, [e["gold"] for e in run["evals"]], color="tab:green", lw=1, alpha=0.7)
+            twin.plot(kls, [e["rm_score"] for e in run["evals"]], color="tab:purple", lw=1, ls="--", alpha=0.7)
+        ax.axvspan(*KL_RANGE, color="0.9", zorder=0)
+        ax.set_title(name)
+        ax.set_xlabel("KL to reference (nats)")
+        twin.set_ylabel("proxy (dashed)", color="tab:purple")
+    low, high = min(t.get_ylim()[0] for t in twins), max(t.get_ylim()[1] for t in twins)
+    for twin in twins:  # one proxy scale for every panel, as the gold axis is shared
+        twin.set_ylim(low, high)
+    axes[0][0].set_ylabel("gold judge (solid)", color="tab:green")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def report(runs: list[dict], folder: Path) -> dict:
+    arms = by_arm(runs)
+    rows = primary_table(arms)
+    print(f"Primary comparisons (PROTOCOL.md): G = mean gold score over KL {KL_RANGE[0]:g}-{KL_RANGE[1]:g} nats; "
+          f"paired t-test over seeds; Holm over {len(rows)} comparisons\n")
+    print("| comparison | question | pairs | G(RED) - G(sparse) [95% CI] | t | p | Holm p | verdict |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['id']}: {r['a']} - {r['b']} | {r['question']} | {r['pairs']} of {r['seeds_run']} | "
+              f"{_f(r['mean'])} [{_f(r['low'])}, {_f(r['high'])}] | {_f(r['t'], 2)} | {_f(r['p'])} | "
+              f"{_f(r['p_holm'])} | {verdict(r)} |")
+    exploratory = [compare(arms, a, b, key) for key, _ in MEASURES for a, b in EXPLORATORY + tuple(
+        (p[2], p[3]) for p in PRIMARY) if not (key == "gold" and (a, b) in {(p[2], p[3]) for p in PRIMARY})]
+    exploratory = [e for e in exploratory if e["seeds_run"]]
+    print("\nExploratory (no correction; not part of the protocol's tests)\n")
+    print("| difference | measure | pairs | mean [95% CI] | p (uncorrected) |")
+    print("|---|---|---|---|---|")
+    for e in exploratory:
+        print(f"| {e['a']} - {e['b']} | {dict(MEASURES)[e['measure']]} | {e['pairs']} | {_f(e['mean'])} "
+              f"[{_f(e['low'])}, {_f(e['high'])}] | {_f(e['p'])} |")
+    folder.mkdir(parents=True, exist_ok=True)
+    figure = plot(arms, folder / "score_vs_kl.png")
+    summary = {"kl_range": KL_RANGE, "primary": rows, "exploratory": exploratory, "runs": len(runs),
+               "run_hours": sum(r["wall_s"] for r in runs) / 3600, "commit": runs[0]["commit"] if runs else None}
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=lambda x: None) + "\n")
+    print(f"\n{len(runs)} runs, {summary['run_hours']:.1f} run-hours; plot: {figure}")
+    return summary

@@ -1,0 +1,111 @@
+"""Study v2's plan and report (bench/bench_learning.py --study v2, bench/learning_report_v2.py) on made-up runs."""
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+from learning_stats import holm, paired_t_test  # noqa: E402
+
+
+def test_the_v2_plan_runs_a_seeds_primary_pairs_first_and_grpo_only_when_asked():
+    from bench_learning import V2_ORDER, parse_args, plan
+
+    runs = plan(["v2"], None, 20)
+    assert len(runs) == 5 * 8 and len({r.name for r in runs}) == 40
+    assert [r.arm for r in runs[:5]] == ["ppo-red", "ppo-sparse-rc", "rloo-red", "rloo-sparse", "ppo-sparse"]
+    assert {r.seed for r in runs[:5]} == {0} and {r.max_new_tokens for r in runs} == {64}
+    with_grpo = plan(["v2", "v2-grpo"], [0], 20)
+    assert [r.arm for r in with_grpo] == list(V2_ORDER)
+    by_arm = {r.arm: r for r in with_grpo}
+    assert "--algo.critic_init=reward" in by_arm["ppo-sparse-rc"].overrides()
+    assert "--algo.critic_init=reward-trunk" in by_arm["ppo-red"].overrides()
+    rloo = by_arm["rloo-red"].overrides()
+    assert {"--algo.algorithm=rloo", "--rollout.samples_per_prompt=4", "--rollout.batch_size=2"} <= set(rloo)
+    # the first study's run names (its results' resume keys) are unchanged
+    assert plan(["main"], [0], 40)[0].name == "red-len24-beta1-difference-kl0.05-steps40-seed0"
+    args = parse_args(["run", "--study", "v2", "--groups", "v2"])
+    assert (args.steps, args.eval_every, args.eval_prompts) == (20, 4, 128)
+    assert args.results == "docs/results/learning-v2/runs.jsonl"
+    assert parse_args(["run"]).results == "docs/results/learning/runs.jsonl"
+
+
+def _run(arm: str, seed: int, golds: list[float], kls: list[float], commit: str = "abc1234") -> dict:
+    evals = [{"step": 4 * i, "gold": g, "rm_score": 2 * g, "judge": g / 4, "kl": k}
+             for i, (g, k) in enumerate(zip(golds, kls))]
+    return {"arm": arm, "seed": seed, "evals": evals, "wall_s": 60.0, "commit": commit}
+
+
+def _study(tmp_path, rloo_reaching: int = 8):
+    runs = []
+    for seed in range(8):
+        base, noise = 0.1 * seed, 0.05 * (seed % 3 - 1)
+        # G over KL 2-8 on a straight trace 0 -> 10 nats is the score at KL 5 (the mean of a linear function)
+        runs.append(_run("ppo-red", seed, [base, base + 1.0 + noise, base + 2.0 + 2 * noise], [0, 5, 10]))
+        runs.append(_run("ppo-sparse-rc", seed, [base, base + 0.5, base + 1.0], [0, 5, 10]))
+        rloo_top = 10 if seed < rloo_reaching else 7  # a run that stops below 8 nats has no G
+        runs.append(_run("rloo-red", seed, [base, base + 0.5, base + 1.0], [0, 5, rloo_top]))
+        runs.append(_run("rloo-sparse", seed, [base, base + 0.5 + noise, base + 1.0 + 2 * noise], [0, 5, 10]))
+    return runs
+
+
+def test_primary_table_pairs_by_seed_tests_and_holm_corrects(tmp_path):
+    from learning_report_v2 import report
+
+    summary = report(_study(tmp_path), tmp_path)
+    c1, c2 = summary["primary"]  # no GRPO runs: two comparisons
+    assert c1["id"] == "C1" and c1["pairs"] == 8
+    noise = [0.05 * (s % 3 - 1) for s in range(8)]
+    assert c1["per_seed"] == pytest.approx([0.5 + n for n in noise])  # G(ppo-red) - G(ppo-sparse-rc) at KL 5
+    assert c1["p"] == pytest.approx(paired_t_test([0.5 + n for n in noise], [0.0] * 8)["p"])
+    assert c2["per_seed"] == pytest.approx([-n for n in noise])
+    assert (c1["p_holm"], c2["p_holm"]) == pytest.approx(tuple(holm([c1["p"], c2["p"]])))
+    assert c1["finding"] and not c2["finding"] and c2["detectable"] > 0
+    assert (tmp_path / "score_vs_kl.png").is_file() and (tmp_path / "summary.json").is_file()
+
+
+def test_a_comparison_with_too_few_complete_pairs_has_no_test_but_stays_in_the_family(tmp_path):
+    from learning_report_v2 import report
+
+    c1, c2 = report(_study(tmp_path, rloo_reaching=5), tmp_path)["primary"]
+    assert c2["pairs"] == 5 and c2["seeds_run"] == 8 and not c2["reached"] and math.isnan(c2["p"])
+    assert c1["p_holm"] == pytest.approx(min(1.0, 2 * c1["p"]))  # m = 2 all the same
+    assert c2["p_holm"] == 1.0
+
+
+def test_the_report_refuses_runs_of_several_commits_or_uncommitted_code(tmp_path):
+    from learning_report_v2 import report
+
+    runs = _study(tmp_path)
+    runs[0]["commit"] = "def5678"
+    with pytest.raises(ValueError, match="one clean commit"):
+        report(runs, tmp_path)
+    for r in runs:
+        r["commit"] = "abc1234-dirty"
+    with pytest.raises(ValueError, match="one clean commit"):
+        report(runs, tmp_path)
+
+
+def test_a_runs_commit_is_dirty_when_the_code_differs_not_when_results_grow(tmp_path, monkeypatch):
+    import subprocess
+
+    from bench_learning import _commit, _strip
+
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    (tmp_path / "red_rlhf").mkdir()
+    (tmp_path / "red_rlhf" / "x.py").write_text("a = 1\n")
+    (tmp_path / "runs.jsonl").write_text("{}\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    monkeypatch.chdir(tmp_path)
+    head = _commit()
+    assert head and not head.endswith("-dirty")
+    (tmp_path / "runs.jsonl").write_text("{}\n{}\n")  # the study appends its results: same code
+    assert _commit() == head
+    (tmp_path / "red_rlhf" / "x.py").write_text("a = 2\n")
+    assert _commit() == head + "-dirty"
+    assert _strip("Fine film.<|im_end|>", ["<|im_end|>", "<|endoftext|>"]) == "Fine film."
