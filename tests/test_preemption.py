@@ -261,3 +261,15 @@ def test_saving_prints_no_shared_tensor_warning(tmp_path, caplog):
         Trainer(toy(tmp_path, "--train.steps=1")).train()  # the toy GPT-2 ties lm_head to the embedding
     assert not [r for r in caplog.records if "shared tensor" in r.getMessage()]
     assert checkpoint.latest(tmp_path / "run").name == "step-000001"
+
+
+def test_the_frozen_base_is_left_out_under_ddp_names_too(tmp_path):
+    """DDP's state dict names every weight module.NAME: the hook drops the frozen ones under either name."""
+    trainer = Trainer(toy(tmp_path, "--policy.lora_r=4", "--policy.lora_target_modules=c_attn"))
+    model = trainer.acc.unwrap_model(trainer.policy)
+    for prefix in ("", "module."):
+        weights = [{prefix + k: v for k, v in model.state_dict().items()}]
+        from red_rlhf.training.frozen import keep_trainable
+
+        keep_trainable([model], weights, None)
+        assert weights[0] and all("lora_" in k and k.startswith(prefix) for k in weights[0]), prefix

@@ -23,9 +23,20 @@ import hashlib
 import torch
 
 
+def _bare(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside DDP / torch.compile wrappers: the names accelerate's weights files use."""
+    from accelerate.utils import extract_model_from_parallel
+
+    return extract_model_from_parallel(model)
+
+
+def _name(key: str) -> str:
+    return key.removeprefix("module.")  # a state dict taken through DDP's wrapper
+
+
 def frozen_names(model: torch.nn.Module) -> set[str]:
     """State-dict names of the parameters training does not change (every alias of a tied one)."""
-    return {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    return {name for name, p in _bare(model).named_parameters(remove_duplicate=False) if not p.requires_grad}
 
 
 def _drop_aliases(weights: dict) -> dict:
@@ -45,14 +56,14 @@ def keep_trainable(models: list, weights: list[dict], output_dir) -> None:
     """accelerate save_state pre-hook: leave in each model's weights only what training changes (in place)."""
     for i, (model, state) in enumerate(zip(models, weights)):
         frozen = frozen_names(model)
-        kept = _drop_aliases({k: v for k, v in state.items() if k not in frozen})
+        kept = _drop_aliases({k: v for k, v in state.items() if _name(k) not in frozen})
         weights[i] = kept
 
 
 def expected_names(model: torch.nn.Module) -> list[list[str]]:
     """For each trainable parameter tensor, the names it may be stored under (tied aliases share a tensor)."""
     by_tensor: dict[int, list[str]] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
+    for name, p in _bare(model).named_parameters(remove_duplicate=False):
         if p.requires_grad:
             by_tensor.setdefault(id(p), []).append(name)
     return list(by_tensor.values())
@@ -64,9 +75,9 @@ def check_weights_file(model: torch.nn.Module, file, what: str) -> None:
     from safetensors import safe_open
 
     with safe_open(str(file), framework="pt") as f:
-        stored = set(f.keys())
+        stored = {_name(key) for key in f.keys()}
     missing = [names[0] for names in expected_names(model) if not stored.intersection(names)]
-    unknown = sorted(stored - set(model.state_dict().keys()))
+    unknown = sorted(stored - set(_bare(model).state_dict().keys()))
     if missing or unknown:
         parts = ([f"lacks {len(missing)} trainable weight(s) of the {what} (e.g. {missing[0]})"] if missing else []) + (
             [f"holds {len(unknown)} weight(s) the {what} does not have (e.g. {unknown[0]})"] if unknown else [])
