@@ -73,6 +73,25 @@ def test_a_scheduler_signal_at_any_step_saves_and_resumes_to_the_uninterrupted_r
     assert [r["step"] for r in rows(tmp_path / "run")] == [1, 2, 3, 4]
 
 
+def test_a_second_signal_stops_at_once_and_the_last_checkpoint_stays(tmp_path, sigterm_is_caught, capsys):
+    trainer = Trainer(toy(tmp_path, "--train.steps=3", "--train.save_every=1"))
+    original = trainer.train_step
+
+    def twice_in_step_2():
+        if trainer.step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)  # the scheduler's patience ran out: stop now
+        return original()
+
+    trainer.train_step = twice_in_step_2
+    with pytest.raises(stops.Stopped) as stop:
+        trainer.train()
+    assert stop.value.step is None and stop.value.exit_code == stops.STOPPED_EXIT
+    assert "SIGTERM again to stop now" in capsys.readouterr().out
+    assert checkpoint.latest(tmp_path / "run").name == "step-000001"
+    assert not (tmp_path / "run" / lock.LOCK).exists()
+
+
 def _cli(*args, **kwargs):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     return subprocess.Popen([sys.executable, "-m", "red_rlhf.cli", "train", "--config", "configs/toy.yaml", *args],

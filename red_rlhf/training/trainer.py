@@ -302,11 +302,10 @@ class Trainer:
     def _on_stop_signal(self, signum, frame):
         name = signal.Signals(signum).name
         if self._stop_requested:  # a second signal: stop now; the last completed checkpoint stays valid
-            raise KeyboardInterrupt
+            raise stops.Stopped(name, None, self.out)
         self._stop_requested = name
         how = "Ctrl-C" if signum == signal.SIGINT else name
-        print(f"\n{how}: finishing this step, saving a checkpoint, then stopping ({how} again to stop now)",
-              flush=True)
+        stops.say(f"\n{how}: finishing this step, saving a checkpoint, then stopping ({how} again to stop now)")
 
     def _agreed_stop(self) -> str | None:
         """The signal that asks this run to stop, if any process got one. Under several processes every one takes
