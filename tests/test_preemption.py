@@ -92,6 +92,22 @@ def test_a_second_signal_stops_at_once_and_the_last_checkpoint_stays(tmp_path, s
     assert not (tmp_path / "run" / lock.LOCK).exists()
 
 
+def test_a_signal_in_the_last_step_still_exports_the_policy(tmp_path, sigterm_is_caught):
+    """A stop after the last step would leave a finished run that --resume cannot export (train.steps reached)."""
+    trainer = Trainer(toy(tmp_path, "--train.steps=2"))
+    original = trainer.train_step
+
+    def signalled_last_step():
+        if trainer.step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original()
+
+    trainer.train_step = signalled_last_step
+    assert len(trainer.train()) == 2
+    assert (tmp_path / "run" / "policy" / "model.safetensors").is_file()
+    assert checkpoint.latest(tmp_path / "run").name == "step-000002"
+
+
 def _cli(*args, **kwargs):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     return subprocess.Popen([sys.executable, "-m", "red_rlhf.cli", "train", "--config", "configs/toy.yaml", *args],

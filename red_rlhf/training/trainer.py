@@ -265,7 +265,7 @@ class Trainer:
                     if saved:
                         self.save()
                     stop = self._agreed_stop()  # every process stops after the same step (a collective)
-                    if stop is not None:
+                    if stop is not None and self.step < c.train.steps:  # the last step: saved, on to the export
                         if not saved:
                             self.save()
                         raise stops.Stopped(stop, self.step, self.out)
@@ -309,7 +309,7 @@ class Trainer:
 
     def _agreed_stop(self) -> str | None:
         """The signal that asks this run to stop, if any process got one. Under several processes every one takes
-        part in a sum of the flags at each step boundary, so all stop after the same step and save together (a
+        part in a max of the flags (signal numbers) at each step boundary, so all stop after the same step and save together (a
         scheduler's SIGTERM reaches the processes at slightly different moments)."""
         local = self._stop_requested or None
         if self.acc.num_processes == 1:
