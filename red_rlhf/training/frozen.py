@@ -19,6 +19,7 @@ loading restores the tie from the remaining name.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import torch
 
@@ -96,3 +97,31 @@ def fingerprint(model: torch.nn.Module) -> str | None:
         digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}|".encode())
         digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def check_checkpoint_weights(path: Path, models: list[tuple[str, torch.nn.Module]]) -> None:
+    """A trainable-only checkpoint's weights files (model.safetensors, model_1.safetensors in the order the models
+    were prepared) hold every trainable weight of this run's models; CheckpointError naming the file if not."""
+    from red_rlhf.training.checkpoint import CheckpointError, DamagedCheckpointError
+
+    for i, (what, model) in enumerate(models):
+        file = path / ("model.safetensors" if i == 0 else f"model_{i}.safetensors")
+        if not file.is_file():
+            raise DamagedCheckpointError(f"checkpoint {path} is incomplete: {file} is missing")
+        try:
+            check_weights_file(model, file, what)
+        except ValueError as err:
+            raise CheckpointError(f"{err}: it does not fit this run's {what}; resume with the config that wrote "
+                                  "it") from None
+
+
+def check_fingerprints(path: Path, saved: dict, now: dict, sources: dict[str, str]) -> None:
+    """The frozen weights rebuilt from their sources are those the checkpoint was trained on."""
+    from red_rlhf.training.checkpoint import CheckpointError
+
+    for name, before in saved.items():
+        if before is not None and now.get(name) != before:
+            raise CheckpointError(
+                f"{path}: the frozen weights of the {name} loaded from {sources.get(name, '?')} differ from those the "
+                f"checkpoint was trained on (fingerprint {now.get(name)} != {before}); the checkpoint stores only what "
+                "training changes, so it must be resumed on the same base model: restore that model at its path")

@@ -415,10 +415,12 @@ class Trainer:
     def load(self, path: Path) -> None:
         checkpoint.verify(path)  # damaged or tampered files are named before anything reads them
         trainable_only = checkpoint.read_trainer_state(path).get("weights") == "trainable"
+        models = [(name, m) for name, m in (("policy", self.policy), ("critic", self.critic)) if m is not None]
         if trainable_only:  # the frozen base came from its source; the file must hold every trainable weight
-            self._check_trainable_files(Path(path))
+            frozen.check_checkpoint_weights(Path(path), models)
         state = checkpoint.load(path, self.acc, strict=not trainable_only)
-        self._check_frozen(Path(path), state.get("frozen") or {})
+        sources = {"policy": self.cfg.policy.name_or_path, "critic": f"algo.critic_init={self.cfg.algo.critic_init}"}
+        frozen.check_fingerprints(Path(path), state.get("frozen") or {}, self.fingerprints(), sources)
         self.step, self.kl.coef = state["step"], state["kl_coef"]
         for name, value in state.get("lagrange", {}).items():
             if name not in self.lambdas:
@@ -429,29 +431,6 @@ class Trainer:
         self.policy_sched.load_state_dict(state["policy_sched"])
         if self.critic is not None:
             self.critic_sched.load_state_dict(state["critic_sched"])
-
-    def _check_trainable_files(self, path: Path) -> None:
-        models = [("policy", self.policy), ("critic", self.critic)]
-        for i, (what, model) in enumerate(m for m in models if m[1] is not None):
-            file = path / ("model.safetensors" if i == 0 else f"model_{i}.safetensors")
-            if not file.is_file():
-                raise checkpoint.DamagedCheckpointError(f"checkpoint {path} is incomplete: {file} is missing")
-            try:
-                frozen.check_weights_file(model, file, what)
-            except ValueError as err:
-                raise checkpoint.CheckpointError(f"{err}: it does not fit this run's {what}; resume with the config "
-                                                 "that wrote it") from None
-
-    def _check_frozen(self, path: Path, saved: dict) -> None:
-        """The frozen weights rebuilt from their source are those the checkpoint was trained on."""
-        now = self.fingerprints()
-        for name, before in saved.items():
-            if before is not None and now.get(name) != before:
-                source = self.cfg.policy.name_or_path if name == "policy" else f"algo.critic_init={self.cfg.algo.critic_init}"
-                raise checkpoint.CheckpointError(
-                    f"{path}: the frozen weights of the {name} loaded from {source} differ from those the checkpoint "
-                    f"was trained on (fingerprint {now.get(name)} != {before}); the checkpoint stores only what "
-                    "training changes, so it must be resumed on the same base model: restore that model at its path")
 
     def export(self, hub_api=None) -> None:
         """The trained policy as standard HF folders with a card (training/export.py); train.push_to_hub pushes it."""
