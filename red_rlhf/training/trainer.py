@@ -405,7 +405,10 @@ class Trainer:
         checkpoint.save(self.out, self.step, state, self.acc, keep=self.cfg.train.keep_checkpoints)
 
     def fingerprints(self) -> dict[str, str | None]:
-        """The frozen weights' fingerprint of each model (computed once: frozen weights do not change)."""
+        """The frozen weights' fingerprint of each model (computed once: frozen weights do not change). None under
+        FSDP / DeepSpeed: their checkpoints hold the whole model, and each process holds only a shard."""
+        if self._fingerprints is None and not self.trainable_only:
+            self._fingerprints = {}
         if self._fingerprints is None:
             models = {"policy": self.policy, "critic": self.critic}
             self._fingerprints = {name: frozen.fingerprint(self.acc.unwrap_model(model))
