@@ -212,7 +212,8 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
 
     cfg = load_config(args.config, overrides)
     preflight(cfg, args.resume)  # output directory, resume settings, model paths: before any model loads
-    lock.check_free(Path(cfg.train.output_dir).expanduser())  # another trainer there: say so before models load
+    if os.environ.get("RANK", "0") == "0":  # the main process owns the lock (Trainer.train takes it)
+        lock.check_free(Path(cfg.train.output_dir).expanduser())  # another trainer there: say so before models load
     # until the loop installs its own handlers (finish the step, save), a stop signal stops start-up at once
     previous = stops.install(stops.raise_on_signal) if _main_thread() else {}
     try:
@@ -245,8 +246,8 @@ def _stopped(err: KeyboardInterrupt, cfg, args: argparse.Namespace, overrides: l
                   flush=True)
         elif isinstance(err, stops.Stopped) and err.step:
             print(f"{how}: stopped after step {err.step}; checkpoint {saved}; resume with: {again}", flush=True)
-        else:
-            print(f"{how}: stopped; the last checkpoint is {saved}; resume with: {again}", flush=True)
+        else:  # a second signal, or one during start-up: the step in progress is lost, the checkpoint is whole
+            print(f"{how}: stopped at once; the last checkpoint is {saved}; resume with: {again}", flush=True)
     return err.exit_code if isinstance(err, stops.Stopped) else stops.INTERRUPTED_EXIT
 
 

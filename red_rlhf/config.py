@@ -244,7 +244,8 @@ class TrainConfig:
     eval_every: int = 0
     """Evaluate on held-out prompts every N steps (and at the end); 0: only at the end."""
     keep_checkpoints: int = 2
-    """How many step checkpoints to keep."""
+    """How many step checkpoints to keep, the newest by step (>= 1). 2: the newest and one to resume from should
+    the newest be damaged. Each holds what training changes (with LoRA: adapters, critic, optimiser states)."""
     tensorboard: bool = True
     """Log to TensorBoard (when installed); false drops "tensorboard" from log_with."""
     log_with: list[str] = field(default_factory=lambda: ["tensorboard"])

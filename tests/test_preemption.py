@@ -73,6 +73,41 @@ def test_a_scheduler_signal_at_any_step_saves_and_resumes_to_the_uninterrupted_r
     assert [r["step"] for r in rows(tmp_path / "run")] == [1, 2, 3, 4]
 
 
+def test_a_second_signal_stops_at_once_and_the_last_checkpoint_stays(tmp_path, sigterm_is_caught, capsys):
+    trainer = Trainer(toy(tmp_path, "--train.steps=3", "--train.save_every=1"))
+    original = trainer.train_step
+
+    def twice_in_step_2():
+        if trainer.step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)  # the scheduler's patience ran out: stop now
+        return original()
+
+    trainer.train_step = twice_in_step_2
+    with pytest.raises(stops.Stopped) as stop:
+        trainer.train()
+    assert stop.value.step is None and stop.value.exit_code == stops.STOPPED_EXIT
+    assert "SIGTERM again to stop now" in capsys.readouterr().out
+    assert checkpoint.latest(tmp_path / "run").name == "step-000001"
+    assert not (tmp_path / "run" / lock.LOCK).exists()
+
+
+def test_a_signal_in_the_last_step_still_exports_the_policy(tmp_path, sigterm_is_caught):
+    """A stop after the last step would leave a finished run that --resume cannot export (train.steps reached)."""
+    trainer = Trainer(toy(tmp_path, "--train.steps=2"))
+    original = trainer.train_step
+
+    def signalled_last_step():
+        if trainer.step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original()
+
+    trainer.train_step = signalled_last_step
+    assert len(trainer.train()) == 2
+    assert (tmp_path / "run" / "policy" / "model.safetensors").is_file()
+    assert checkpoint.latest(tmp_path / "run").name == "step-000002"
+
+
 def _cli(*args, **kwargs):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     return subprocess.Popen([sys.executable, "-m", "red_rlhf.cli", "train", "--config", "configs/toy.yaml", *args],
@@ -261,3 +296,15 @@ def test_saving_prints_no_shared_tensor_warning(tmp_path, caplog):
         Trainer(toy(tmp_path, "--train.steps=1")).train()  # the toy GPT-2 ties lm_head to the embedding
     assert not [r for r in caplog.records if "shared tensor" in r.getMessage()]
     assert checkpoint.latest(tmp_path / "run").name == "step-000001"
+
+
+def test_the_frozen_base_is_left_out_under_ddp_names_too(tmp_path):
+    """DDP's state dict names every weight module.NAME: the hook drops the frozen ones under either name."""
+    trainer = Trainer(toy(tmp_path, "--policy.lora_r=4", "--policy.lora_target_modules=c_attn"))
+    model = trainer.acc.unwrap_model(trainer.policy)
+    for prefix in ("", "module."):
+        weights = [{prefix + k: v for k, v in model.state_dict().items()}]
+        from red_rlhf.training.frozen import keep_trainable
+
+        keep_trainable([model], weights, None)
+        assert weights[0] and all("lora_" in k and k.startswith(prefix) for k in weights[0]), prefix

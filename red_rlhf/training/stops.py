@@ -20,7 +20,9 @@ before anything could be saved (143 = 128 + SIGTERM); Ctrl-C keeps the shell's 1
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 from pathlib import Path
 
 SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGHUP") if hasattr(signal, name))
@@ -29,11 +31,13 @@ INTERRUPTED_EXIT = 130
 
 
 class Stopped(KeyboardInterrupt):
-    """The run stopped on a signal after its checkpoint of `step` was saved (a KeyboardInterrupt, so that callers
-    that handled Ctrl-C before keep doing so)."""
+    """The run stopped on a signal: after its checkpoint of `step` was saved, or (step None) at once, on a second
+    signal or during start-up, the last complete checkpoint being the one to resume from. A KeyboardInterrupt, so
+    that callers that handled Ctrl-C before keep doing so."""
 
-    def __init__(self, signal_name: str, step: int, output_dir: Path):
-        super().__init__(f"{signal_name}: stopped after step {step}, checkpoint saved in {output_dir}/checkpoints")
+    def __init__(self, signal_name: str, step: int | None, output_dir: Path):
+        done = f"stopped after step {step}, checkpoint saved" if step else "stopped at once"
+        super().__init__(f"{signal_name}: {done} ({output_dir})")
         self.signal_name, self.step, self.output_dir = signal_name, step, Path(output_dir)
 
     @property
@@ -62,4 +66,13 @@ def name_of(code: int) -> str | None:
 
 def raise_on_signal(signum, frame):
     """Before training starts (models loading) there is no step to finish and nothing to save: stop now."""
-    raise Stopped(signal.Signals(signum).name, 0, Path("."))
+    raise Stopped(signal.Signals(signum).name, None, Path("."))
+
+
+def say(message: str) -> None:
+    """Print from a signal handler: the signal may have interrupted a print to the same stream, and a buffered
+    stream refuses a reentrant write (RuntimeError); the bytes then go straight to the file descriptor."""
+    try:
+        print(message, flush=True)
+    except RuntimeError:
+        os.write(sys.stdout.fileno(), (message + "\n").encode())

@@ -268,7 +268,7 @@ class Trainer:
                     if saved:
                         self.save()
                     stop = self._agreed_stop()  # every process stops after the same step (a collective)
-                    if stop is not None:
+                    if stop is not None and self.step < c.train.steps:  # the last step: saved, on to the export
                         if not saved:
                             self.save()
                         raise stops.Stopped(stop, self.step, self.out)
@@ -305,15 +305,14 @@ class Trainer:
     def _on_stop_signal(self, signum, frame):
         name = signal.Signals(signum).name
         if self._stop_requested:  # a second signal: stop now; the last completed checkpoint stays valid
-            raise KeyboardInterrupt
+            raise stops.Stopped(name, None, self.out)
         self._stop_requested = name
         how = "Ctrl-C" if signum == signal.SIGINT else name
-        print(f"\n{how}: finishing this step, saving a checkpoint, then stopping ({how} again to stop now)",
-              flush=True)
+        stops.say(f"\n{how}: finishing this step, saving a checkpoint, then stopping ({how} again to stop now)")
 
     def _agreed_stop(self) -> str | None:
         """The signal that asks this run to stop, if any process got one. Under several processes every one takes
-        part in a sum of the flags at each step boundary, so all stop after the same step and save together (a
+        part in a max of the flags (signal numbers) at each step boundary, so all stop after the same step and save together (a
         scheduler's SIGTERM reaches the processes at slightly different moments)."""
         local = self._stop_requested or None
         if self.acc.num_processes == 1:
@@ -409,7 +408,10 @@ class Trainer:
         checkpoint.save(self.out, self.step, state, self.acc, keep=self.cfg.train.keep_checkpoints)
 
     def fingerprints(self) -> dict[str, str | None]:
-        """The frozen weights' fingerprint of each model (computed once: frozen weights do not change)."""
+        """The frozen weights' fingerprint of each model (computed once: frozen weights do not change). None under
+        FSDP / DeepSpeed: their checkpoints hold the whole model, and each process holds only a shard."""
+        if self._fingerprints is None and not self.trainable_only:
+            self._fingerprints = {}
         if self._fingerprints is None:
             models = {"policy": self.policy, "critic": self.critic}
             self._fingerprints = {name: frozen.fingerprint(self.acc.unwrap_model(model))
@@ -419,10 +421,12 @@ class Trainer:
     def load(self, path: Path) -> None:
         checkpoint.verify(path)  # damaged or tampered files are named before anything reads them
         trainable_only = checkpoint.read_trainer_state(path).get("weights") == "trainable"
+        models = [(name, m) for name, m in (("policy", self.policy), ("critic", self.critic)) if m is not None]
         if trainable_only:  # the frozen base came from its source; the file must hold every trainable weight
-            self._check_trainable_files(Path(path))
+            frozen.check_checkpoint_weights(Path(path), models)
         state = checkpoint.load(path, self.acc, strict=not trainable_only)
-        self._check_frozen(Path(path), state.get("frozen") or {})
+        sources = {"policy": self.cfg.policy.name_or_path, "critic": f"algo.critic_init={self.cfg.algo.critic_init}"}
+        frozen.check_fingerprints(Path(path), state.get("frozen") or {}, self.fingerprints(), sources)
         self.step, self.kl.coef = state["step"], state["kl_coef"]
         for name, value in state.get("lagrange", {}).items():
             if name not in self.lambdas:
@@ -433,30 +437,6 @@ class Trainer:
         self.policy_sched.load_state_dict(state["policy_sched"])
         if self.critic is not None:
             self.critic_sched.load_state_dict(state["critic_sched"])
-
-    def _check_trainable_files(self, path: Path) -> None:
-        models = [("policy", self.policy), ("critic", self.critic)]
-        for i, (what, model) in enumerate(m for m in models if m[1] is not None):
-            file = path / ("model.safetensors" if i == 0 else f"model_{i}.safetensors")
-            if not file.is_file():
-                raise checkpoint.DamagedCheckpointError(f"checkpoint {path} is incomplete: {file} is missing")
-            try:
-                # the files hold the unwrapped model's names (no DDP "module." prefix)
-                frozen.check_weights_file(self.acc.unwrap_model(model), file, what)
-            except ValueError as err:
-                raise checkpoint.CheckpointError(f"{err}: it does not fit this run's {what}; resume with the config "
-                                                 "that wrote it") from None
-
-    def _check_frozen(self, path: Path, saved: dict) -> None:
-        """The frozen weights rebuilt from their source are those the checkpoint was trained on."""
-        now = self.fingerprints()
-        for name, before in saved.items():
-            if before is not None and now.get(name) != before:
-                source = self.cfg.policy.name_or_path if name == "policy" else f"algo.critic_init={self.cfg.algo.critic_init}"
-                raise checkpoint.CheckpointError(
-                    f"{path}: the frozen weights of the {name} loaded from {source} differ from those the checkpoint "
-                    f"was trained on (fingerprint {now.get(name)} != {before}); the checkpoint stores only what "
-                    "training changes, so it must be resumed on the same base model: restore that model at its path")
 
     def export(self, hub_api=None) -> None:
         """The trained policy as standard HF folders with a card (training/export.py); train.push_to_hub pushes it."""
