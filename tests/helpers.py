@@ -131,6 +131,20 @@ def check_curves(png_path, figure, rows: list[dict], size: tuple[int, int]) -> N
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def die_during_step(trainer, step: int) -> None:
+    """Make `trainer` raise RuntimeError("killed") as step `step` starts, as if the process died there (after the
+    checkpoints of the steps before it)."""
+    original_step, done = trainer.train_step, []
+
+    def train_step():
+        if len(done) == step - 1:
+            raise RuntimeError("killed")
+        done.append(1)
+        return original_step()
+
+    trainer.train_step = train_step
+
+
 def toy(tmp_path, *overrides, name="run"):
     """configs/toy.yaml in tmp_path/name, without tensorboard, evaluation or periodic saves (each overridable)."""
     from red_rlhf.config import load_config

@@ -10,6 +10,7 @@ from red_rlhf.training import ppo
 from red_rlhf.training.ppo import compute_advantages, update
 from red_rlhf.training.rollout import Rollout
 from red_rlhf.training.trainer import Trainer
+from tests.helpers import die_during_step
 
 BASE = ["--train.tensorboard=false", "--train.eval_every=0", "--data.eval_size=0", "--train.save_every=0"]
 
@@ -150,15 +151,7 @@ def test_kill_and_resume_gives_the_same_next_updates(tmp_path):
     args = ("--train.steps=4", "--train.save_every=2", "--kl.adaptive=true", "--kl.target=0.5")
     straight = Trainer(grpo(tmp_path, *args, name="straight")).train()
     first = Trainer(grpo(tmp_path, *args, name="resumed"))
-    original_step, calls = first.train_step, []
-
-    def killed_after_two():  # the process "dies" during step 3, after the checkpoint of step 2
-        if len(calls) == 2:
-            raise RuntimeError("killed")
-        calls.append(1)
-        return original_step()
-
-    first.train_step = killed_after_two
+    die_during_step(first, 3)  # after the checkpoint of step 2
     with pytest.raises(RuntimeError, match="killed"):
         first.train()
     rest = Trainer(grpo(tmp_path, *args, name="resumed")).train(resume=True)

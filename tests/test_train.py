@@ -11,7 +11,7 @@ from red_rlhf.training import checkpoint
 from red_rlhf.config import ConfigError, load_config
 from red_rlhf.core.advantages import kl_per_token
 from red_rlhf.training.trainer import Trainer
-from tests.helpers import check_curves, model_score, real, toy
+from tests.helpers import check_curves, die_during_step, model_score, real, toy
 
 
 def params(model):
@@ -52,16 +52,7 @@ def test_kill_and_resume_gives_the_same_next_update(tmp_path):
                            name="straight")).train()
     first = Trainer(toy(tmp_path, "--train.steps=4", "--train.save_every=2", "--kl.adaptive=true", "--kl.target=1",
                         name="resumed"))
-    original_step = first.train_step
-    calls = []
-
-    def killed_after_two():  # the process "dies" during step 3, after the checkpoint of step 2
-        if len(calls) == 2:
-            raise RuntimeError("killed")
-        calls.append(1)
-        return original_step()
-
-    first.train_step = killed_after_two
+    die_during_step(first, 3)  # after the checkpoint of step 2
     with pytest.raises(RuntimeError, match="killed"):
         first.train()
     resumed = Trainer(toy(tmp_path, "--train.steps=4", "--train.save_every=2", "--kl.adaptive=true", "--kl.target=1",

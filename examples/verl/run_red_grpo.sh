@@ -8,16 +8,4 @@
 #
 # Needs what run_red_ppo.sh needs (`make verl`, vLLM, one CUDA GPU, the two models or local copies: POLICY, RM).
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-PROMPTS=${PROMPTS:-toy}
-DATA=${DATA:-$HOME/data/red_verl}
-POLICY=${POLICY:-Qwen/Qwen2.5-0.5B-Instruct}
-RM=${RM:-Skywork/Skywork-Reward-V2-Qwen3-0.6B}
-PYTHON=${PYTHON:-python3}
-
-"$PYTHON" examples/verl/prepare_prompts.py --prompts "$PROMPTS" --out "$DATA"
-exec "$PYTHON" -m verl.trainer.main_ppo --config-path="$PWD/examples/verl" --config-name=red_grpo \
-  data.train_files="$DATA/train.parquet" data.val_files="$DATA/val.parquet" \
-  actor_rollout_ref.model.path="$POLICY" \
-  reward.reward_model.model_path="$RM" reward.reward_kwargs.model="$RM" \
-  "$@"
+RECIPE=red_grpo exec "$(dirname "$0")/run_red_ppo.sh" "$@"

@@ -14,9 +14,10 @@ DATA=${DATA:-$HOME/data/red_verl}
 POLICY=${POLICY:-Qwen/Qwen2.5-0.5B-Instruct}
 RM=${RM:-Skywork/Skywork-Reward-V2-Qwen3-0.6B}
 PYTHON=${PYTHON:-python3}
+RECIPE=${RECIPE:-red_ppo}   # run_red_grpo.sh sets red_grpo
 
 "$PYTHON" examples/verl/prepare_prompts.py --prompts "$PROMPTS" --out "$DATA"
-exec "$PYTHON" -m verl.trainer.main_ppo --config-path="$PWD/examples/verl" --config-name=red_ppo \
+exec "$PYTHON" -m verl.trainer.main_ppo --config-path="$PWD/examples/verl" --config-name="$RECIPE" \
   data.train_files="$DATA/train.parquet" data.val_files="$DATA/val.parquet" \
   actor_rollout_ref.model.path="$POLICY" critic.model.path="$POLICY" \
   reward.reward_model.model_path="$RM" reward.reward_kwargs.model="$RM" \
