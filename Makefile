@@ -14,6 +14,7 @@ TORCH ?= torch==2.13.0
 VERL ?= verl==0.9.1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.red-rlhf-installed
+PIN := -c constraints.txt
 VERL_STAMP := $(VENV)/.verl-installed
 TRL_VENV ?= .venv-trl
 TRL_STAMP := $(TRL_VENV)/.trl-installed
@@ -23,10 +24,10 @@ BENCH_VENV ?= .venv-bench
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(PIN) -e ".[test]"
 	touch $(STAMP)
 
 # verl pins transformers<5.11 and this project needs >=5.20, so verl goes in without its pins (--no-deps) after
@@ -34,18 +35,18 @@ $(STAMP): pyproject.toml
 # import and run on CPU with transformers 5.24.
 verl: $(VERL_STAMP)
 
-$(VERL_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test,verl]"
+$(VERL_STAMP): $(STAMP) pyproject.toml constraints.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(PIN) -e ".[test,verl]"
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(VERL)
 	$(BIN)/python -W ignore -c "import transfer_queue, verl.trainer.main_ppo, verl.trainer.main_ppo_v0, red_rlhf.integrations.verl"
 	touch $(VERL_STAMP)
 
 trl: $(TRL_STAMP)
 
-$(TRL_STAMP): pyproject.toml
+$(TRL_STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(TRL_VENV)
 	$(TRL_VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(TORCH)
-	$(TRL_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test,trl]"
+	$(TRL_VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(PIN) -e ".[test,trl]"
 	$(TRL_VENV)/bin/python -W ignore -c "import red_rlhf.integrations.trl"
 	touch $(TRL_STAMP)
 
