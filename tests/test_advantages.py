@@ -8,7 +8,7 @@ import torch
 
 from red_rlhf.core.advantages import (
     gae, gae_reference, group_advantages, group_advantages_reference, kl_per_token, masked_whiten, returns_to_go,
-    rloo_advantages, rloo_reference, shape_rewards,
+    shape_rewards,
 )
 from red_rlhf.core.losses import policy_loss, value_loss
 from red_rlhf.core.redistribute import redistribute
@@ -41,13 +41,11 @@ def test_gae_with_lambda_one_and_zero_values_is_return_to_go():
 
 
 @pytest.mark.parametrize("gamma", [1.0, 0.9])
-def test_rloo_equals_python_loop(gamma):
+def test_rloo_with_consecutive_groups_equals_python_loop(gamma):
     rewards, _, mask = right_padded(batch=8, seed=2)
-    torch.testing.assert_close(rloo_advantages(rewards, mask, 4, gamma), rloo_reference(rewards, mask, 4, gamma))
-    with pytest.raises(ValueError, match="multiple of the group size"):
-        rloo_advantages(rewards, mask, 3)
-    with pytest.raises(ValueError, match="at least 2 samples"):
-        rloo_advantages(rewards, mask, 1)
+    group_ids = torch.arange(8) // 4  # the trainer's layout: k = 4 samples of each prompt side by side
+    torch.testing.assert_close(group_advantages(rewards, mask, group_ids, "rloo", gamma),
+                               group_advantages_reference(rewards, mask, group_ids, "rloo", gamma))
 
 
 def test_rloo_with_red_rewards_is_unbiased_on_a_bandit():
@@ -75,7 +73,7 @@ def test_rloo_with_red_rewards_is_unbiased_on_a_bandit():
         scores = torch.tensor([[s0, s1[y[0]], final[y]] for y in group], dtype=torch.float64)
         mask = torch.tensor([[False, True, True]] * 2)
         rewards = redistribute(scores, mask)[:, 1:]  # (2, 2) token rewards
-        adv = rloo_advantages(rewards, torch.ones(2, 2, dtype=torch.bool), group_size=2)
+        adv = group_advantages(rewards, torch.ones(2, 2, dtype=torch.bool), torch.tensor([0, 0]), "rloo")
         prob = math.prod(logp(y).exp().item() for y in group)
         for i, y in enumerate(group):
             token_logps = [torch.log_softmax(a, 0)[y[0]], torch.log_softmax(b[y[0]], 0)[y[1]]]
@@ -174,14 +172,6 @@ def test_group_advantages_equal_python_loops_with_shuffled_uneven_groups(estimat
     fast = group_advantages(rewards, mask, group_ids, estimator, gamma)
     torch.testing.assert_close(fast, group_advantages_reference(rewards, mask, group_ids, estimator, gamma))
     assert torch.all(fast[7][:6] == returns_to_go(rewards, mask, gamma)[7])  # a singleton's baseline is 0
-
-
-def test_group_advantages_with_consecutive_groups_equal_rloo_advantages():
-    torch.manual_seed(4)
-    rewards, lengths = torch.randn(8, 5), torch.tensor([5, 2, 3, 5, 1, 4, 5, 5])
-    mask = torch.arange(5)[None, :] < lengths[:, None]
-    torch.testing.assert_close(group_advantages(rewards, mask, torch.arange(8) // 4, "rloo"),
-                               rloo_advantages(rewards, mask, 4))
 
 
 @pytest.mark.parametrize("k", [2, 3])

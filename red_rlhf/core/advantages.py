@@ -179,6 +179,12 @@ def group_advantages(rewards: torch.Tensor, mask: torch.Tensor, group_ids: torch
     return torch.where(mask.bool(), advantages, torch.zeros_like(advantages))
 
 
+def singleton_groups(group_ids: torch.Tensor) -> tuple[int, int]:
+    """(groups of one row, all groups): a group of one has no baseline in `group_advantages` (callers warn)."""
+    _, counts = torch.unique(group_ids, return_counts=True)
+    return int((counts == 1).sum()), len(counts)
+
+
 def group_advantages_reference(rewards, mask, group_ids, estimator: str = "rloo", gamma: float = 1.0):
     """`group_advantages` (scale "none") with python loops, for tests."""
     lengths = [int(m.sum()) for m in mask]
@@ -190,41 +196,5 @@ def group_advantages_reference(rewards, mask, group_ids, estimator: str = "rloo"
         baseline = sum(totals[j] for j in others) / len(others) if len(same) > 1 else 0.0
         for t in range(lengths[b]):
             to_go = sum(float(rewards[b, u]) * gamma ** (u - t) for u in range(t, lengths[b]))
-            out[b, t] = to_go - baseline
-    return out
-
-
-def rloo_advantages(rewards: torch.Tensor, mask: torch.Tensor, group_size: int, gamma: float = 1.0) -> torch.Tensor:
-    """RLOO on per-token returns: A_{i,t} = G_{i,t} - mean_{j != i} G_{j,1}, (B, T).
-
-    Rows come in consecutive groups of `group_size` samples of the same prompt. Using the return-to-go G_{i,t}
-    rather than the whole-sequence sum keeps redistributed rewards useful: for RED, G_{i,t} = R(x, y_i) - s_{i,t-1},
-    the prefix score acting as a state-dependent baseline, while the leave-one-out term uses the others' full
-    returns G_{j,1}. With the sparse reward this is plain RLOO.
-    """
-    if group_size < 2:
-        raise ValueError(f"RLOO needs at least 2 samples per prompt, got {group_size}")
-    if rewards.shape[0] % group_size:
-        raise ValueError(f"batch of {rewards.shape[0]} rollouts is not a multiple of the group size {group_size}")
-    to_go = returns_to_go(rewards, mask, gamma)  # (B, T)
-    totals = to_go[:, 0].view(-1, group_size)  # (B / k, k): each sample's full return
-    baseline = (totals.sum(-1, keepdim=True) - totals) / (group_size - 1)  # leave-one-out mean, (B / k, k)
-    advantages = to_go - baseline.reshape(-1, 1)
-    return torch.where(mask.bool(), advantages, torch.zeros_like(advantages))
-
-
-def rloo_reference(rewards, mask, group_size: int, gamma: float = 1.0):
-    """RLOO with python loops, for tests."""
-    out = torch.zeros_like(rewards)
-    totals = []
-    for b in range(rewards.shape[0]):
-        length = int(mask[b].sum())
-        totals.append(sum(float(rewards[b, k]) * gamma**k for k in range(length)))
-    for b in range(rewards.shape[0]):
-        group = range(b - b % group_size, b - b % group_size + group_size)
-        baseline = sum(totals[j] for j in group if j != b) / (group_size - 1)
-        length = int(mask[b].sum())
-        for t in range(length):
-            to_go = sum(float(rewards[b, k]) * gamma ** (k - t) for k in range(t, length))
             out[b, t] = to_go - baseline
     return out

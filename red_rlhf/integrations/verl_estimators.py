@@ -33,7 +33,7 @@ import warnings
 import torch
 from verl.trainer.ppo import core_algos
 
-from red_rlhf.core.advantages import group_advantages, returns_to_go
+from red_rlhf.core.advantages import group_advantages, returns_to_go, singleton_groups
 
 ESTIMATORS = {"red_rloo": "rloo", "red_grpo": "grpo"}  # verl's name -> group_advantages' estimator
 _MARK = "_red_rlhf_estimator"  # set on our functions, so a repeated registration recognises them
@@ -68,9 +68,9 @@ def red_group_advantage(estimator: str, token_level_rewards: torch.Tensor, respo
         if norm_adv_by_std_in_grpo is None:
             norm_adv_by_std_in_grpo = bool(_setting(config, "norm_adv_by_std_in_grpo", True))
         scale = "batch" if estimator == "grpo" and norm_adv_by_std_in_grpo else "none"
-        _, counts = torch.unique(ids, return_counts=True)
-        if (counts == 1).any():
-            warnings.warn(f"red_{estimator}: {int((counts == 1).sum())} of {len(counts)} uid groups have a single "
+        alone, groups = singleton_groups(ids)
+        if alone:
+            warnings.warn(f"red_{estimator}: {alone} of {groups} uid groups have a single "
                           "response, so their baseline is 0 (is actor_rollout_ref.rollout.n >= 2?)", stacklevel=3)
         advantages = group_advantages(token_level_rewards, mask, ids, estimator, gamma, scale, epsilon)
         returns = returns_to_go(token_level_rewards, mask, gamma)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from red_rlhf.core.advantages import gae, group_advantages, kl_per_token, masked_whiten
+from red_rlhf.core.advantages import gae, group_advantages, kl_per_token, masked_whiten, singleton_groups
 from red_rlhf.config import Config
 from red_rlhf.core.losses import entropy_from_logits, policy_loss, value_loss
 from red_rlhf.training.guards import STOPPED, NonFiniteError
@@ -86,10 +86,9 @@ def compute_advantages(cfg: Config, rollout: Rollout, shaped: torch.Tensor, redu
 def warn_singleton_groups(group_ids: torch.Tensor) -> None:
     """A group of one sample has no other sample to compare with: group_advantages gives it baseline 0 (its raw
     return-to-go as advantage). Say so, since it usually means rows were filtered or split from their group."""
-    _, counts = torch.unique(group_ids, return_counts=True)
-    alone = int((counts == 1).sum())
+    alone, groups = singleton_groups(group_ids)
     if alone:
-        warnings.warn(f"{alone} of {len(counts)} prompt groups have a single sample: their baseline is 0 (no other "
+        warnings.warn(f"{alone} of {groups} prompt groups have a single sample: their baseline is 0 (no other "
                       "sample of the prompt to compare with)", stacklevel=3)
 
 
