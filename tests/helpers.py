@@ -145,6 +145,15 @@ def die_during_step(trainer, step: int) -> None:
     trainer.train_step = train_step
 
 
+def save_tiny_policy(tokenizer, out) -> str:
+    """A tiny random GPT-2 policy over `tokenizer`, saved with it: what verl's config checks load as a policy/critic."""
+    from red_rlhf.models.tiny import tiny_causal_lm
+
+    tiny_causal_lm(tokenizer, width=32, layers=1, context=1024).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
 def toy(tmp_path, *overrides, name="run"):
     """configs/toy.yaml in tmp_path/name, without tensorboard, evaluation or periodic saves (each overridable)."""
     from red_rlhf.config import load_config

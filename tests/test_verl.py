@@ -212,15 +212,11 @@ def test_float_rows_are_refused_by_assembly(paths):
 @pytest.fixture(scope="module")
 def tiny_policy_dir(paths, tmp_path_factory):
     """A tiny causal LM with the pad == eos policy tokenizer: what verl's config checks load as a policy/critic."""
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+    from transformers import AutoTokenizer
 
-    out = tmp_path_factory.mktemp("verl-policy")
-    tok = AutoTokenizer.from_pretrained(paths["same"])
-    config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, bos_token_id=tok.eos_token_id,
-                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    GPT2LMHeadModel(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
+    from tests.helpers import save_tiny_policy
+
+    return save_tiny_policy(AutoTokenizer.from_pretrained(paths["same"]), tmp_path_factory.mktemp("verl-policy"))
 
 
 def test_recipe_composes_and_passes_the_checks(paths, tiny_policy_dir):

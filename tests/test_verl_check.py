@@ -22,15 +22,12 @@ RECIPES = Path(__file__).resolve().parents[1] / "examples" / "verl"
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A tiny chat policy and reward model (same vocabulary) and the recipe's prompts as verl parquet files."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from tests.helpers import save_tiny_policy
 
     root = tmp_path_factory.mktemp("verl-check")
     rm = save_tiny_reward_model(root / "rm", arch="gpt2", seed=1)
     tok = tiny_tokenizer("gpt2", chat=True)
-    policy = root / "policy"
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, eos_token_id=tok.eos_token_id,
-                               pad_token_id=tok.pad_token_id)).save_pretrained(policy)
-    tok.save_pretrained(policy)
+    policy = save_tiny_policy(tok, root / "policy")
     sys.path.insert(0, str(RECIPES))
     try:
         from prepare_prompts import write_splits

@@ -216,15 +216,11 @@ def compose_recipe(paths, policy_dir):
 
 @pytest.fixture(scope="module")
 def policy_dir(paths, tmp_path_factory):
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+    from transformers import AutoTokenizer
 
-    out = tmp_path_factory.mktemp("verl-group-policy")
-    tok = AutoTokenizer.from_pretrained(paths["policy"])
-    config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, bos_token_id=tok.eos_token_id,
-                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    GPT2LMHeadModel(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
+    from tests.helpers import save_tiny_policy
+
+    return save_tiny_policy(AutoTokenizer.from_pretrained(paths["policy"]), tmp_path_factory.mktemp("verl-group-policy"))
 
 
 def test_recipe_composes_and_passes_the_checks(paths, policy_dir):
