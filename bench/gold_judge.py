@@ -62,15 +62,9 @@ def parse_rated(source: str, text: str) -> list[Rated]:
         from red_rlhf.data.sentiment import parse_snippets
 
         return [Rated("movie", str(s.id), s.rating, s.text) for s in parse_snippets(text)]
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        parts = line.split("\t")
-        if len(parts) != 3:
-            raise ValueError(f"{SOURCES[source]}, line {number}: expected 'id<tab>rating<tab>text', got {line[:60]!r}")
-        rows.append(Rated(source, parts[0], float(parts[1]), parts[2].strip()))
-    return rows
+    from red_rlhf.data.sentiment import parse_rated_lines
+
+    return [Rated(source, i, rating, t) for i, rating, t in parse_rated_lines(text, SOURCES[source])]
 
 
 def read_rated(sdist: Path) -> list[Rated]:

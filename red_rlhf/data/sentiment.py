@@ -78,16 +78,22 @@ def read_sdist(sdist: Path) -> tuple[str, str]:
     return text, licence
 
 
-def parse_snippets(text: str) -> list[Snippet]:
-    snippets = []
+def parse_rated_lines(text: str, file_name: str) -> list[tuple[str, float, str]]:
+    """The VADER ground-truth format, one 'id<tab>mean rating<tab>text' a line -> (id, rating, text), blank lines
+    skipped; a malformed line is an error naming `file_name` and the line."""
+    rows = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         parts = line.split("\t")
         if len(parts) != 3:
-            raise ValueError(f"{SNIPPETS_FILE}, line {number}: expected 'id<tab>rating<tab>text', got {line[:60]!r}")
-        snippets.append(Snippet(int(parts[0]), float(parts[1]), parts[2].strip().replace("''", '"')))
-    return snippets
+            raise ValueError(f"{file_name}, line {number}: expected 'id<tab>rating<tab>text', got {line[:60]!r}")
+        rows.append((parts[0], float(parts[1]), parts[2].strip()))
+    return rows
+
+
+def parse_snippets(text: str) -> list[Snippet]:
+    return [Snippet(int(i), rating, t.replace("''", '"')) for i, rating, t in parse_rated_lines(text, SNIPPETS_FILE)]
 
 
 def make_pairs(snippets: list[Snippet], margin: float, generator: torch.Generator) -> list[dict]:
