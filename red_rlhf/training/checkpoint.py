@@ -289,13 +289,12 @@ def latest(out: Path, must_exist: bool = True, say=None) -> Path | None:
     return path  # whether its files are whole is `verify`'s question (see `usable`)
 
 
-def verify(path: Path) -> None:
-    """Read what can be checked without loading: trainer.json, every safetensors header, every pickle's opcodes."""
-    path = Path(path)
-    if not (path / TRAINER_STATE).is_file():
-        raise DamagedCheckpointError(f"checkpoint {path} is incomplete: its {TRAINER_STATE} is missing")
-    _read_json(path / TRAINER_STATE)
-    check_files(path)
+def verify(path: Path) -> dict:
+    """Read what can be checked without loading: trainer.json, every safetensors header, every pickle's opcodes.
+    Returns trainer.json's contents."""
+    state = read_trainer_state(path)
+    check_files(Path(path))
+    return state
 
 
 def usable(out: Path) -> Path:
@@ -326,13 +325,11 @@ def read_trainer_state(path: Path) -> dict:
     return _read_json(file)
 
 
-def load(path: Path, accelerator, strict: bool = True) -> dict:
-    """Restore the prepared models and optimisers (accelerate's load_state) and this process's RNG states;
-    return trainer.json's contents. Refuses any file that would unpickle more than plain tensors.
+def load(path: Path, accelerator, strict: bool = True) -> None:
+    """Restore the prepared models and optimisers (accelerate's load_state) and this process's RNG states, from a
+    checkpoint that passed `verify` (which refuses any file that would unpickle more than plain tensors).
     strict=False: the weights files hold only the trainable weights (the caller checked which; frozen.py)."""
     path = Path(path)
-    trainer_state = read_trainer_state(path)
-    check_files(path)
     try:
         accelerator.load_state(str(path), **({} if strict else {"strict": False}))  # optimiser files: torch.load(weights_only=True) with accelerate's allow-list
     except pickle.UnpicklingError as err:
@@ -346,4 +343,3 @@ def load(path: Path, accelerator, strict: bool = True) -> dict:
         raise CheckpointError(f"checkpoint {path} does not fit this run's models or optimisers ({first}): resume "
                               "with the config that wrote it") from err
     load_rng(path, accelerator.process_index)
-    return trainer_state

@@ -410,21 +410,19 @@ class Trainer:
     def fingerprints(self) -> dict[str, str | None]:
         """The frozen weights' fingerprint of each model (computed once: frozen weights do not change). None under
         FSDP / DeepSpeed: their checkpoints hold the whole model, and each process holds only a shard."""
-        if self._fingerprints is None and not self.trainable_only:
-            self._fingerprints = {}
         if self._fingerprints is None:
-            models = {"policy": self.policy, "critic": self.critic}
+            models = {"policy": self.policy, "critic": self.critic} if self.trainable_only else {}
             self._fingerprints = {name: frozen.fingerprint(self.acc.unwrap_model(model))
                                   for name, model in models.items() if model is not None}
         return self._fingerprints
 
     def load(self, path: Path) -> None:
-        checkpoint.verify(path)  # damaged or tampered files are named before anything reads them
-        trainable_only = checkpoint.read_trainer_state(path).get("weights") == "trainable"
+        state = checkpoint.verify(path)  # damaged or tampered files are named before anything reads them
+        trainable_only = state.get("weights") == "trainable"
         models = [(name, m) for name, m in (("policy", self.policy), ("critic", self.critic)) if m is not None]
         if trainable_only:  # the frozen base came from its source; the file must hold every trainable weight
             frozen.check_checkpoint_weights(Path(path), models)
-        state = checkpoint.load(path, self.acc, strict=not trainable_only)
+        checkpoint.load(path, self.acc, strict=not trainable_only)
         sources = {"policy": self.cfg.policy.name_or_path, "critic": f"algo.critic_init={self.cfg.algo.critic_init}"}
         frozen.check_fingerprints(Path(path), state.get("frozen") or {}, self.fingerprints(), sources)
         self.step, self.kl.coef = state["step"], state["kl_coef"]
