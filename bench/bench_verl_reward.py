@@ -3,7 +3,7 @@
     python bench/bench_verl_reward.py                       # cuda when there is one, else cpu
     python bench/bench_verl_reward.py --device cpu --size tiny --rows 8
 
-What runs is the manager's own scoring path (`rows_to_batch` + `score_batch` on sources from `load_sources`),
+What runs is the manager's own scoring path (`rows_to_batch`, then `score_sources` + `source_rewards` on sources from `load_sources`),
 without verl's Ray worker around it, so it needs neither verl nor ray. The reward model is randomly initialised
 and saved to a temporary folder, then loaded the way the manager loads it (no model hub):
 
@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 
 from red_rlhf.integrations.verl_batch import rows_to_batch
-from red_rlhf.integrations.verl_scoring import load_sources, score_batch
+from red_rlhf.integrations.verl_scoring import load_sources
+from red_rlhf.models.rewards import score_sources, source_rewards
 from red_rlhf.integrations.verl_settings import read_settings
 from red_rlhf.models.tiny import tiny_reward_model, tiny_tokenizer
 
@@ -99,6 +100,10 @@ def main() -> None:
         rows = make_rows(tok, args.rows, args.prompt_len, args.response_len)
         batch = rows_to_batch(rows, tok)
 
+        def score_batch(sources, reward, batch):  # what REDRewardManager.score_rows runs
+            return source_rewards(sources, score_sources(sources, batch), batch.response_mask, reward,
+                                  ended=batch.ended, dtype=torch.float64)
+
         def run():
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -113,7 +118,7 @@ def main() -> None:
         for _ in range(args.reps):
             seconds, scored = run()
             times.append(seconds)
-        sum_error = float((scored.rewards.sum(-1) - (scored.final - scored.prompt)).abs().max())
+        sum_error = float((scored.rewards.sum(-1) - (scored.final_combined_raw - scored.prompt_combined_raw)).abs().max())
         cpu_diff = float("nan")
         if device.type != "cpu" and args.check_rows:
             cpu = read_settings({"model": tmp, "device": "cpu", "format": "concat"})

@@ -30,7 +30,7 @@ def rows(t, b):
 def run(src, t, b):
     ps, pid, pm, rid, rm = rows(t, b)
     s = src.score_tokens(TokenBatch(ps, pid, pm, rid, rm, t))
-    a = assemble_rewards([SourceScores("r", s.prompt, s.tokens)], rm, RewardSettings(), kl=None, dtype=torch.float64)
+    a = assemble_rewards([SourceScores("r", s)], rm, RewardSettings(), kl=None, dtype=torch.float64)
     return a.rewards, (a.rewards.sum(-1) - (s.tokens[torch.arange(b), rm.sum(-1) - 1] - s.prompt)).abs().max()
 def timed(src, t, b, n=5):
     run(src, t, b); ts = []

@@ -41,7 +41,7 @@ def rollouts():
         for t in range(1, len(words) + 1):
             scores[i, t] = target_fraction(prompt, " ".join(words[:t]))
         mask[i, 1: len(words) + 1] = True
-    rewards = redistribute(scores, mask)[:, 1:].float()
+    rewards = redistribute(scores[:, 0], scores[:, 1:], mask[:, 1:]).float()
     return rewards, mask[:, 1:], [prompt for prompt, _ in rows], [words for _, words in rows]
 
 

@@ -10,15 +10,14 @@ from red_rlhf.core.redistribute import (
     abc_rewards,
     final_scores,
     redistribute,
-    response_span,
     sparse_rewards,
     token_rewards,
 )
 from red_rlhf.core.advantages import gae, group_advantages, returns_to_go
-from red_rlhf.core.reward_assembly import AssembledRewards, RewardSettings, SourceScores, assemble_rewards
+from red_rlhf.core.reward_assembly import AssembledRewards, PrefixScores, RewardSettings, SourceScores, assemble_rewards
 from red_rlhf.models.prefix import pooled_attention, prefix_scores
 from red_rlhf.models.scorer import ScoredResponse, TokenRewardScorer
-from red_rlhf.models.sources import FunctionReward, HFRewardModel, PrefixScores, TokenBatch
+from red_rlhf.models.sources import FunctionReward, HFRewardModel, TokenBatch
 
 __version__ = "0.1.0"
 
@@ -55,7 +54,6 @@ __all__ = [
     "pooled_attention",
     "prefix_scores",
     "redistribute",
-    "response_span",
     "returns_to_go",
     "sparse_rewards",
     "token_rewards",

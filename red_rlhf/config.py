@@ -15,6 +15,7 @@ from pathlib import Path
 
 from red_rlhf.core.advantages import GROUP_ESTIMATORS, GROUP_SCALES, KL_ESTIMATORS
 from red_rlhf.core.redistribute import FIRST_TOKEN_RULES, SCHEMES
+from red_rlhf.core.reward_assembly import RewardSettings
 
 
 class ConfigError(ValueError):
@@ -82,26 +83,15 @@ def _shorthand(key: str) -> property:
 
 
 @dataclass
-class RewardConfig:
+class RewardConfig(RewardSettings):
+    """The reward sources and how their prefix scores become token rewards (the placement knobs, beta_c, first_token,
+    abc_beta, score_shift, score_scale, score_clip and missing_eos_penalty, are documented on RewardSettings)."""
+
     sources: list[SourceConfig] = field(default_factory=list)
     """The reward sources (YAML list of SourceConfig mappings): each is scored, placed by its own scheme, weighted,
     and their token rewards add up per token. One source is usually written in short form: reward.model (or
     reward.function, reward.takes_prompt), reward.scheme, reward.mode, reward.format set the fields of a single
-    source named "reward". beta_c, first_token, abc_beta and the score_* normalisation apply to every source."""
-    beta_c: float = 1.0
-    """RED blend: beta_c * RED + (1 - beta_c) * sparse. The paper uses 1."""
-    first_token: str = "difference"
-    """RED reward of the first response token: "difference" (s_1 - s_0), "zero" or "score" (see redistribute)."""
-    abc_beta: float = 0.5
-    """ABC: share of the score spread by attention; the rest goes on the last token."""
-    score_shift: float = 0.0
-    """Prefix scores are normalised as (s - score_shift) / score_scale before placement (the sum still telescopes)."""
-    score_scale: float = 1.0
-    """See score_shift."""
-    score_clip: float | None = None
-    """Clip normalised prefix scores to [-score_clip, score_clip] before placement; None: no clipping."""
-    missing_eos_penalty: float | None = None
-    """Subtracted from the last token's reward of a response cut at max_new_tokens without EOS; None: no penalty."""
+    source named "reward". The placement knobs apply to every source."""
 
     model = _shorthand("model")
     function = _shorthand("function")
@@ -485,15 +475,6 @@ def _validate_precision(cfg: Config) -> None:
     if cfg.policy.lora_r and p.reference_dtype != p.policy_dtype:
         raise ConfigError(f"precision.reference_dtype {p.reference_dtype!r}: with LoRA the reference is the policy's "
                           f"own base weights, in precision.policy_dtype {p.policy_dtype!r}; set both the same")
-
-
-def reward_settings(reward: RewardConfig):
-    """The reward section's numbers as the pure layer takes them (core.reward_assembly.RewardSettings)."""
-    from red_rlhf.core.reward_assembly import RewardSettings
-
-    return RewardSettings(beta_c=reward.beta_c, first_token=reward.first_token, abc_beta=reward.abc_beta,
-                          score_shift=reward.score_shift, score_scale=reward.score_scale, score_clip=reward.score_clip,
-                          missing_eos_penalty=reward.missing_eos_penalty)
 
 
 def reward_sources(cfg: Config) -> list[SourceConfig]:

@@ -198,7 +198,7 @@ def bandit_gradients(advantage_fn, k: int, scheme: str = "red"):
     y1, y2 = torch.tensor([y[0] for y in rows]), torch.tensor([y[1] for y in rows])
     scores = torch.tensor([[s0, s1[y[0]], final[y]] for y in rows], dtype=torch.float64)
     if scheme == "red":
-        rewards = redistribute(scores, torch.tensor([[False, True, True]] * len(rows)))[:, 1:]
+        rewards = redistribute(scores[:, 0], scores[:, 1:], torch.ones(len(rows), 2, dtype=torch.bool))
     else:
         rewards = torch.stack([torch.zeros(len(rows), dtype=torch.float64), scores[:, 2]], 1)
     advantages = advantage_fn(rewards, torch.ones(len(rows), 2, dtype=torch.bool), torch.arange(len(rows)) // k)

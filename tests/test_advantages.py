@@ -12,7 +12,7 @@ from red_rlhf.core.advantages import (
 )
 from red_rlhf.core.losses import policy_loss, value_loss
 from red_rlhf.core.redistribute import redistribute
-from red_rlhf.core.reward_assembly import RewardSettings, SourceScores, assemble_rewards
+from red_rlhf.core.reward_assembly import PrefixScores, RewardSettings, SourceScores, assemble_rewards
 from red_rlhf.training.rollout import truncate_at_eos
 from tests.helpers import bandit_gradients
 
@@ -72,7 +72,7 @@ def test_rloo_with_red_rewards_is_unbiased_on_a_bandit():
     for group in itertools.product(outcomes, repeat=2):
         scores = torch.tensor([[s0, s1[y[0]], final[y]] for y in group], dtype=torch.float64)
         mask = torch.tensor([[False, True, True]] * 2)
-        rewards = redistribute(scores, mask)[:, 1:]  # (2, 2) token rewards
+        rewards = redistribute(scores[:, 0], scores[:, 1:], mask[:, 1:])  # (2, 2) token rewards
         adv = group_advantages(rewards, torch.ones(2, 2, dtype=torch.bool), torch.tensor([0, 0]), "rloo")
         prob = math.prod(logp(y).exp().item() for y in group)
         for i, y in enumerate(group):
@@ -132,14 +132,14 @@ def test_drawn_row_eos_truncation_placement_and_kl_shaping():
     tokens = torch.where(mask, torch.tensor([[1.0, 0.0, 2.0, 9.0, 9.0], [0.1, 0.2, 0.3, 0.4, 0.5]]), 0.0)
 
     def assemble(scheme="red", **settings):
-        return assemble_rewards([SourceScores("rm", prompt, tokens, scheme)], mask, RewardSettings(**settings))
+        return assemble_rewards([SourceScores("rm", PrefixScores(prompt, tokens), scheme)], mask, RewardSettings(**settings))
 
     red = assemble()
     torch.testing.assert_close(red.rewards[0], torch.tensor([0.5, -1.0, 2.0, 0.0, 0.0]))  # the EOS keeps its reward
     torch.testing.assert_close(red.final_raw["rm"], torch.tensor([2.0, 0.5]))
     torch.testing.assert_close(assemble("sparse").rewards[0], torch.tensor([0.0, 0.0, 2.0, 0.0, 0.0]))
     kl = torch.full((2, 5), 0.5)
-    shaped = assemble_rewards([SourceScores("rm", prompt, tokens)], mask, kl=kl, kl_coef=0.1).rewards
+    shaped = assemble_rewards([SourceScores("rm", PrefixScores(prompt, tokens))], mask, kl=kl, kl_coef=0.1).rewards
     torch.testing.assert_close(shaped[0], torch.tensor([0.45, -1.05, 1.95, 0.0, 0.0]))
     torch.testing.assert_close(shaped, shape_rewards(red.rewards, kl, mask, kl_coef=0.1))
     # normalisation and clipping act on prefix scores: the sum telescopes to the normalised difference
@@ -148,7 +148,7 @@ def test_drawn_row_eos_truncation_placement_and_kl_shaping():
     assert normed.final_normalised["rm"][0].item() == pytest.approx(0.4) and normed.final_raw["rm"][0].item() == 2.0
     # the missing-EOS penalty hits the last token of the row cut without EOS only
     penalised = assemble_rewards(
-        [SourceScores("rm", prompt, tokens)], mask, RewardSettings(missing_eos_penalty=1.0), ended=ended).rewards
+        [SourceScores("rm", PrefixScores(prompt, tokens))], mask, RewardSettings(missing_eos_penalty=1.0), ended=ended).rewards
     torch.testing.assert_close(penalised - red.rewards, torch.tensor([[0.0] * 5, [0.0, 0.0, 0.0, 0.0, -1.0]]))
 
 

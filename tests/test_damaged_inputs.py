@@ -89,22 +89,22 @@ def test_a_sampling_temperature_that_cannot_train_is_refused_with_the_reason(tmp
 def test_assemble_rewards_refuses_a_response_mask_not_starting_at_column_0_and_a_nan_prompt_score():
     import torch
 
-    from red_rlhf.core.reward_assembly import SourceScores, assemble_rewards
+    from red_rlhf.core.reward_assembly import PrefixScores, SourceScores, assemble_rewards
 
     tokens = torch.tensor([[0.1, 0.3, 0.4, 0.0], [0.0, 0.2, 0.5, 0.0]])
     prompt = torch.tensor([0.1, 0.1])
     right = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0]], dtype=torch.bool)
-    assert assemble_rewards([SourceScores("r", prompt, tokens)], right).rewards.sum(-1)[0].item() == pytest.approx(0.3)
+    assert assemble_rewards([SourceScores("r", PrefixScores(prompt, tokens))], right).rewards.sum(-1)[0].item() == pytest.approx(0.3)
     shifted = torch.tensor([[1, 1, 1, 0], [0, 1, 1, 0]], dtype=torch.bool)  # row 1 left-padded by one
-    with pytest.raises(ValueError, match=r"response_mask row\(s\) \[1\]: a 0 before a 1; assemble_rewards needs "
-                                         "right-padded responses that start at column 0"):
-        assemble_rewards([SourceScores("r", prompt, tokens)], shifted)
+    with pytest.raises(ValueError, match=r"response_mask row\(s\) \[1\]: a 0 before a 1; responses must start at "
+                                         "column 0"):
+        assemble_rewards([SourceScores("r", PrefixScores(prompt, tokens))], shifted)
     with pytest.raises(ValueError, match=r"source 'r': the prompt score R\(x\) or a response token's score is NaN or "
                                          r"infinite in row\(s\) \[0\]"):
-        assemble_rewards([SourceScores("r", torch.tensor([float("nan"), 0.1]), tokens)], right)
+        assemble_rewards([SourceScores("r", PrefixScores(torch.tensor([float("nan"), 0.1]), tokens))], right)
     padded_nan = tokens.clone()
     padded_nan[0, 3] = float("nan")  # on padding: never read, allowed
-    assemble_rewards([SourceScores("r", prompt, padded_nan)], right)
+    assemble_rewards([SourceScores("r", PrefixScores(prompt, padded_nan))], right)
 
 
 # ---------------------------------------------------------------- exports

@@ -39,13 +39,14 @@ def test_ids_outside_the_vocabulary_and_float_ids_are_errors(gpt2_rm, batch):
 
 
 def test_token_rewards_checks_shapes_and_mask_values():
-    scores, mask = torch.randn(2, 5), torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 0, 0]])
-    token_rewards("red", scores, mask)  # well-formed
-    with pytest.raises(ValueError, match=r"scores and response_mask must both be \(B, T\); got \(2, 5\) and \(2, 4\)"):
-        token_rewards("red", scores, mask[:, :4])
-    with pytest.raises(ValueError, match=r"got \(5,\) and \(5,\)"):
-        token_rewards("sparse", scores[0], mask[0])
+    prompt, scores, mask = torch.randn(2), torch.randn(2, 5), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0]])
+    token_rewards("red", prompt, scores, mask)  # well-formed
+    with pytest.raises(ValueError, match=r"scores of shape \(2, 5\) and prompt scores of shape \(2,\) do not fit the "
+                                         r"response mask \(2, 4\)"):
+        token_rewards("red", prompt, scores, mask[:, :4])
+    with pytest.raises(ValueError, match=r"response_mask must be \(B, R\), got shape \(5,\)"):
+        token_rewards("sparse", prompt, scores[0], mask[0])
     with pytest.raises(ValueError, match=r"response_mask must hold only 0 and 1 .* got values \[3\]"):
-        token_rewards("sparse", scores, mask * 3)
+        token_rewards("sparse", prompt, scores, mask * 3)
     with pytest.raises(ValueError, match="scores must be floating point"):
-        token_rewards("red", scores.long(), mask)
+        token_rewards("red", prompt, scores.long(), mask)

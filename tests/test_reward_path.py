@@ -7,7 +7,13 @@ import itertools
 import pytest
 import torch
 
-from red_rlhf.core.reward_assembly import RewardSettings, SourceScores, assemble_rewards, assemble_rewards_reference
+from red_rlhf.core.reward_assembly import (
+    PrefixScores,
+    RewardSettings,
+    SourceScores,
+    assemble_rewards,
+    assemble_rewards_reference,
+)
 from red_rlhf.models.detokenize import response_text, response_texts
 from red_rlhf.models.sources import FunctionReward, HFRewardModel, TokenBatch, score_text_path
 from red_rlhf.models.tiny import tiny_reward_model, tiny_tokenizer
@@ -25,8 +31,8 @@ def random_case(seed: int, n_sources: int, schemes):
         tokens = torch.where(mask, torch.randn(B, R, generator=g, dtype=torch.float64) * 3, 0.0)
         attention = torch.where(mask, torch.rand(B, R, generator=g, dtype=torch.float64) + 0.01, 0.0)
         coef = float(torch.randn((), generator=g))
-        sources.append(SourceScores(f"s{i}", torch.randn(B, generator=g, dtype=torch.float64), tokens, schemes[i % len(schemes)], coef,
-                                    attention))
+        prompt = torch.randn(B, generator=g, dtype=torch.float64)
+        sources.append(SourceScores(f"s{i}", PrefixScores(prompt, tokens, attention), schemes[i % len(schemes)], coef))
     ended = torch.rand(B, generator=g) > 0.5
     kl = torch.randn(B, R, generator=g, dtype=torch.float64)
     return sources, mask, ended, kl
@@ -55,12 +61,12 @@ def test_assemble_rewards_equals_the_python_loop_reference(seed, settings, schem
     rows = torch.arange(mask.shape[0])
     last = mask.sum(-1) - 1
     for s in sources:
-        torch.testing.assert_close(fast.final_raw[s.name], s.tokens[rows, last])
-        expected = (s.tokens[rows, last] - settings.score_shift) / settings.score_scale
+        torch.testing.assert_close(fast.final_raw[s.name], s.scores.tokens[rows, last])
+        expected = (s.scores.tokens[rows, last] - settings.score_shift) / settings.score_scale
         if settings.score_clip is not None:
             expected = expected.clamp(-settings.score_clip, settings.score_clip)
         torch.testing.assert_close(fast.final_normalised[s.name], expected)
-    torch.testing.assert_close(fast.final_combined_raw, sum(s.coef * s.tokens[rows, last] for s in sources))
+    torch.testing.assert_close(fast.final_combined_raw, sum(s.coef * s.scores.tokens[rows, last] for s in sources))
 
 
 def test_red_rows_telescope_to_the_normalised_difference_and_kl_comes_last():
@@ -69,7 +75,7 @@ def test_red_rows_telescope_to_the_normalised_difference_and_kl_comes_last():
     out = assemble_rewards(sources, mask, settings, dtype=torch.float64)
     s = sources[0]
     rows, last = torch.arange(mask.shape[0]), mask.sum(-1) - 1
-    expected = s.coef * ((s.tokens[rows, last] - 0.5) / 3 - (s.prompt - 0.5) / 3)
+    expected = s.coef * ((s.scores.tokens[rows, last] - 0.5) / 3 - (s.scores.prompt - 0.5) / 3)
     torch.testing.assert_close(out.rewards.sum(-1), expected)
     with_kl = assemble_rewards(sources, mask, settings, kl=kl, kl_coef=0.2, dtype=torch.float64)
     torch.testing.assert_close(with_kl.score_rewards, out.rewards)
@@ -78,9 +84,12 @@ def test_red_rows_telescope_to_the_normalised_difference_and_kl_comes_last():
 
 @pytest.mark.parametrize("change, message", [
     (lambda s, m: ([], m), "at least one source"),
-    (lambda s, m: ([SourceScores("a", s[0].prompt, s[0].tokens[:, :3])], m), "do not fit the response mask"),
-    (lambda s, m: ([SourceScores("a", s[0].prompt, s[0].tokens, "dense")], m), "unknown scheme 'dense'"),
-    (lambda s, m: ([SourceScores("a", s[0].prompt, s[0].tokens, "abc")], m), "scheme 'abc' needs attention"),
+    (lambda s, m: ([SourceScores("a", PrefixScores(s[0].scores.prompt, s[0].scores.tokens[:, :3]))], m),
+     "source 'a': .* do not fit the response mask"),
+    (lambda s, m: ([SourceScores("a", PrefixScores(s[0].scores.prompt, s[0].scores.tokens), "dense")], m),
+     "source 'a': unknown reward scheme 'dense'"),
+    (lambda s, m: ([SourceScores("a", PrefixScores(s[0].scores.prompt, s[0].scores.tokens), "abc")], m),
+     "source 'a': scheme 'abc' needs the reward model's attention"),
 ])
 def test_assemble_rewards_names_what_does_not_fit(change, message):
     sources, mask, _, _ = random_case(0, 1, ("red",))

@@ -29,7 +29,7 @@ def test_combined_token_rewards_are_the_weighted_sum_of_each_sources_own(tmp_pat
     ro = trainer.rollout(trainer.order.next_batch(cfg.rollout.batch_size))
     scores = trainer.score(ro)
     combined = trainer.assemble(ro, scores, kl=None)
-    own = {name: assemble_rewards([SourceScores(name, s.prompt, s.tokens, scheme)], ro.response_mask)
+    own = {name: assemble_rewards([SourceScores(name, s, scheme)], ro.response_mask)
            for (name, s), scheme in zip(scores.items(), ("red", "sparse"))}
     expected = 0.7 * own["praise"].rewards - 0.3 * own["great"].rewards
     assert torch.allclose(combined.rewards, expected, atol=1e-6)

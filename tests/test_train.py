@@ -279,7 +279,7 @@ def test_missing_eos_penalty_hits_only_cut_responses(tmp_path):
     ro = trainer.rollout(["the movie was"] * 8 + ["i liked the"] * 8)
     scores = trainer.score(ro)
     plain = trainer.assemble(ro, scores, kl=None).rewards
-    trainer.settings.missing_eos_penalty = 1.0
+    trainer.cfg.reward.missing_eos_penalty = 1.0
     penalised = trainer.assemble(ro, scores, kl=None).rewards
     last = ro.response_mask.sum(-1) - 1
     rows = torch.arange(len(ro))

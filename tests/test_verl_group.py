@@ -114,7 +114,7 @@ def sparse_and_red(seed=2, groups=3, k=4, width=6):
     mask[:, 0] = False  # column 0: the last prompt token, where s_0 is read
     scores = torch.randn(rows, width + 1, generator=g, dtype=torch.float64)
     scores[:, 0] = torch.randn(groups, generator=g, dtype=torch.float64).repeat_interleave(k)
-    red = redistribute(scores, mask)[:, 1:]
+    red = redistribute(scores[:, 0], scores[:, 1:], mask[:, 1:])
     last = lengths  # the column of R(x, y)
     sparse = torch.zeros_like(red)
     sparse[torch.arange(rows), last - 1] = scores[torch.arange(rows), last]

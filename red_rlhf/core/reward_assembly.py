@@ -24,32 +24,47 @@ from dataclasses import dataclass, field
 import torch
 
 from red_rlhf.core.advantages import shape_rewards
-from red_rlhf.core.redistribute import FIRST_TOKEN_RULES, SCHEMES, response_span, token_rewards
-
-
-@dataclass
-class SourceScores:
-    """One source's prefix scores on the policy's response tokens, and how they become rewards."""
-
-    name: str
-    prompt: torch.Tensor  # (B,) R(x): the score of the prompt alone
-    tokens: torch.Tensor  # (B, R) the score after each response token; at the last one R(x, y); 0 on padding
-    scheme: str = "red"  # "red" | "sparse" | "abc"
-    coef: float = 1.0  # signed weight: + for a reward, - for a cost (its weight or its Lagrange multiplier)
-    attention: torch.Tensor | None = None  # (B, R) ABC: the reward model's attention on each response token
+from red_rlhf.core.redistribute import FIRST_TOKEN_RULES, check_scores, response_lengths, token_rewards
 
 
 @dataclass
 class RewardSettings:
-    """The reward section's knobs that decide the numbers (see config.RewardConfig for each)."""
+    """How prefix scores become token rewards, the same for every source (the `reward` section of a training
+    config extends this with its sources)."""
 
     beta_c: float = 1.0
+    """RED blend: beta_c * RED + (1 - beta_c) * sparse. The paper uses 1."""
     first_token: str = "difference"
+    """RED reward of the first response token: "difference" (s_1 - s_0), "zero" or "score" (see redistribute)."""
     abc_beta: float = 0.5
+    """ABC: share of the score spread by attention; the rest goes on the last token."""
     score_shift: float = 0.0
+    """Prefix scores are normalised as (s - score_shift) / score_scale before placement (the sum still telescopes)."""
     score_scale: float = 1.0
+    """See score_shift."""
     score_clip: float | None = None
+    """Clip normalised prefix scores to [-score_clip, score_clip] before placement; None: no clipping."""
     missing_eos_penalty: float | None = None
+    """Subtracted from the last token's reward of a response cut at max_new_tokens without EOS; None: no penalty."""
+
+
+@dataclass
+class PrefixScores:
+    """One source's scores on the policy's response tokens (what every reward source returns)."""
+
+    prompt: torch.Tensor  # (B,) R(x): the score of the prompt alone
+    tokens: torch.Tensor  # (B, R) the score after each response token; R(x, y) at the last; 0 on padding
+    attention: torch.Tensor | None = None  # (B, R) ABC: attention on each response token (None unless asked)
+
+
+@dataclass
+class SourceScores:
+    """One source's prefix scores and how they become rewards."""
+
+    name: str
+    scores: PrefixScores
+    scheme: str = "red"  # "red" | "sparse" | "abc"
+    coef: float = 1.0  # signed weight: + for a reward, - for a cost (its weight or its Lagrange multiplier)
 
 
 @dataclass
@@ -60,37 +75,34 @@ class AssembledRewards:
     final_raw: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (B,) R(x, y) as the source gave it
     final_normalised: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (B,) after shift/scale/clip
     final_combined_raw: torch.Tensor | None = None  # (B,) sum_i coef_i * raw R_i(x, y)
+    prompt_combined_raw: torch.Tensor | None = None  # (B,) sum_i coef_i * raw R_i(x)
+
+    def to(self, device) -> "AssembledRewards":
+        move = {k: v.to(device) for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
+        move.update({k: {n: t.to(device) for n, t in getattr(self, k).items()} for k in ("final_raw", "final_normalised")})
+        return AssembledRewards(**move)
 
 
-def _check(sources: Sequence[SourceScores], mask: torch.Tensor, settings: RewardSettings) -> None:
+def _check(sources: Sequence[SourceScores], settings: RewardSettings) -> None:
     if not sources:
         raise ValueError("assemble_rewards needs at least one source")
-    if mask.dim() != 2:
-        raise ValueError(f"response_mask must be (B, R), got shape {tuple(mask.shape)}")
-    # the layout every scheme reads: a row's response starts at column 0 and is followed only by padding; a row
-    # with a gap (left padding) would read R(x) from a padding position and place rewards off the tokens
-    gaps = (mask[:, 1:] & ~mask[:, :-1]).any(-1)
-    if gaps.any():
-        rows = gaps.nonzero().flatten().tolist()
-        raise ValueError(f"response_mask row(s) {rows[:5]}: a 0 before a 1; assemble_rewards needs right-padded "
-                         "responses that start at column 0 (ones, then zeros): shift left-padded rows left")
     if settings.first_token not in FIRST_TOKEN_RULES:
         raise ValueError(f"first_token must be one of {FIRST_TOKEN_RULES}, got {settings.first_token!r}")
     if not settings.score_scale > 0:
         raise ValueError(f"score_scale must be > 0, got {settings.score_scale}")
-    for s in sources:
-        if s.scheme not in SCHEMES:
-            raise ValueError(f"source {s.name!r}: unknown scheme {s.scheme!r}; choose one of {SCHEMES}")
-        if s.tokens.shape != mask.shape or s.prompt.shape != mask.shape[:1]:
-            raise ValueError(f"source {s.name!r}: scores of shape {tuple(s.tokens.shape)} and prompt scores of shape "
-                             f"{tuple(s.prompt.shape)} do not fit the response mask {tuple(mask.shape)}")
-        bad = ~torch.isfinite(s.prompt) | (~torch.isfinite(s.tokens) & mask).any(-1)
-        if bad.any():
-            rows = bad.nonzero().flatten().tolist()
-            raise ValueError(f"source {s.name!r}: the prompt score R(x) or a response token's score is NaN or "
-                             f"infinite in row(s) {rows[:5]}")
-        if s.scheme == "abc" and (s.attention is None or s.attention.shape != mask.shape):
-            raise ValueError(f"source {s.name!r}: scheme 'abc' needs attention of shape {tuple(mask.shape)}")
+
+
+def _place(s: SourceScores, mask: torch.Tensor, settings: RewardSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """One source's token rewards (B, R) and normalised scores (B, R), in float64; errors name the source."""
+    try:
+        check_scores(s.scores.prompt, s.scores.tokens, mask)  # before normalising: clipping hides an infinite score
+        prompt = normalise(s.scores.prompt.to(torch.float64), settings)
+        tokens = torch.where(mask, normalise(s.scores.tokens.to(torch.float64), settings), 0.0)
+        placed = token_rewards(s.scheme, prompt, tokens, mask, beta_c=settings.beta_c, first_token=settings.first_token,
+                               attention=s.scores.attention, abc_beta=settings.abc_beta)
+    except ValueError as err:
+        raise ValueError(f"source {s.name!r}: {err}") from err
+    return placed, tokens
 
 
 def normalise(scores: torch.Tensor, settings: RewardSettings) -> torch.Tensor:
@@ -109,17 +121,7 @@ def assemble_rewards(
     kl_coef: float = 0.0,
     dtype: torch.dtype = torch.float32,
 ) -> AssembledRewards:
-    """The final per-token rewards (see the module docstring for the whole recipe).
-
-    One left-padded row as the scorer sees it, prompt "Hi," then response "ok!" + EOS (R = 4, one pad):
-
-        position          prompt |   0       1       2      3
-        token              ","   |  ok       !      EOS    PAD
-        response_mask            |   1       1       1      0
-        prompt / tokens    s_0   |  s_1     s_2     s_3     0        (s_0 = R(x), s_3 = R(x, y))
-        red                      | s_1-s_0 s_2-s_1 s_3-s_2  0        sums to s_3 - s_0
-        sparse                   |   0       0      s_3     0
-        then: coef-weighted sum over sources; - missing_eos_penalty on EOS's place if the row has no EOS; - kl_coef * KL_t
+    """The final per-token rewards (see the module docstring for the recipe, `core.redistribute` for one row).
 
     ended: (B,) bool, the response ends with EOS; needed when settings.missing_eos_penalty is set.
     kl: (B, R) per-token KL estimate (k1 or k3); None: no KL term (an engine that adds its own, e.g. verl).
@@ -127,23 +129,18 @@ def assemble_rewards(
     in `dtype`.
     """
     mask = response_mask.bool()
-    _check(sources, mask, settings)
-    _, last = response_span(mask)
+    _check(sources, settings)
+    last = response_lengths(mask) - 1
     rows = torch.arange(mask.shape[0], device=mask.device)
     combined = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
     final_raw, final_normalised = {}, {}
+    prompt_raw = torch.zeros(mask.shape[0], dtype=dtype, device=mask.device)
     for s in sources:
-        # [prompt score | response prefix scores], (B, 1 + R): token_rewards reads R(x) at the position before
-        # the response, exactly as in a left-padded sequence
-        scores = torch.cat([s.prompt.unsqueeze(1), s.tokens], dim=1).to(torch.float64)
-        scores = torch.where(torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1), normalise(scores, settings), 0.0)
-        wide_mask = torch.cat([torch.zeros_like(mask[:, :1]), mask], dim=1)
-        attention = None if s.attention is None else torch.cat([torch.zeros_like(s.attention[:, :1]), s.attention], 1)
-        placed = token_rewards(s.scheme, scores, wide_mask, beta_c=settings.beta_c, first_token=settings.first_token,
-                               attention=attention, abc_beta=settings.abc_beta)[:, 1:]  # (B, R)
+        placed, tokens = _place(s, mask, settings)
         combined = combined + s.coef * placed.to(dtype)  # placed in float64, summed in dtype
-        final_raw[s.name] = s.tokens[rows, last].to(dtype)
-        final_normalised[s.name] = scores[rows, last + 1].to(dtype)
+        final_raw[s.name] = s.scores.tokens[rows, last].to(dtype)
+        final_normalised[s.name] = tokens[rows, last].to(dtype)
+        prompt_raw = prompt_raw + s.coef * s.scores.prompt.to(dtype)
     if settings.missing_eos_penalty is not None:
         if ended is None:
             raise ValueError("missing_eos_penalty is set: pass ended= (which responses end with EOS)")
@@ -159,8 +156,8 @@ def assemble_rewards(
     for s in sources:
         final_combined = final_combined + s.coef * final_raw[s.name]
     return AssembledRewards(
-        rewards=rewards, score_rewards=combined, kl_penalty=kl_penalty,
-        final_raw=final_raw, final_normalised=final_normalised, final_combined_raw=final_combined,
+        rewards=rewards, score_rewards=combined, kl_penalty=kl_penalty, final_raw=final_raw,
+        final_normalised=final_normalised, final_combined_raw=final_combined, prompt_combined_raw=prompt_raw,
     )
 
 
@@ -185,22 +182,22 @@ def assemble_rewards_reference(
     for b in range(response_mask.shape[0]):
         positions = [t for t in range(response_mask.shape[1]) if bool(response_mask[b, t])]
         for s in sources:
-            final = norm(s.tokens[b, positions[-1]])
-            total_attention = sum(float(s.attention[b, t]) for t in positions) if s.scheme == "abc" else 0.0
+            final = norm(s.scores.tokens[b, positions[-1]])
+            total_attention = sum(float(s.scores.attention[b, t]) for t in positions) if s.scheme == "abc" else 0.0
             for i, t in enumerate(positions):
-                previous = norm(s.prompt[b]) if i == 0 else norm(s.tokens[b, positions[i - 1]])
+                previous = norm(s.scores.prompt[b]) if i == 0 else norm(s.scores.tokens[b, positions[i - 1]])
                 is_last = i == len(positions) - 1
                 if s.scheme == "sparse":
                     reward = final if is_last else 0.0
                 elif s.scheme == "abc":
-                    share = float(s.attention[b, t]) / total_attention
+                    share = float(s.scores.attention[b, t]) / total_attention
                     reward = settings.abc_beta * final * share + ((1 - settings.abc_beta) * final if is_last else 0.0)
                 else:
                     if i == 0:
-                        red = {"difference": norm(s.tokens[b, t]) - previous, "zero": 0.0,
-                               "score": norm(s.tokens[b, t])}[settings.first_token]
+                        red = {"difference": norm(s.scores.tokens[b, t]) - previous, "zero": 0.0,
+                               "score": norm(s.scores.tokens[b, t])}[settings.first_token]
                     else:
-                        red = norm(s.tokens[b, t]) - previous
+                        red = norm(s.scores.tokens[b, t]) - previous
                     reward = settings.beta_c * red + (1 - settings.beta_c) * (final if is_last else 0.0)
                 out[b, t] += s.coef * reward
         if settings.missing_eos_penalty is not None and not bool(ended[b]):

@@ -11,7 +11,7 @@ k3 as a loss term, so RED's rewards carry no KL), logging and checkpoints. Per g
 1. TRL generates and calls its reward functions (`_calculate_rewards`). The one reward function here,
    `REDScores`, scores every prefix of this process's completions with red_rlhf's sources (one forward when the
    reward model reads the policy's ids as they are, else decoded once and aligned by characters), places the token
-   rewards by scheme (`assemble_rewards`, through the same `score_batch` the verl manager uses), keeps them, and
+   rewards by scheme (`models.rewards.source_rewards`, the function the verl manager and our trainer use), keeps them, and
    hands TRL each completion's R(x, y) (summed over sources by weight), which TRL logs as `rewards/red/mean`.
 2. TRL computes its own per-completion advantages from those numbers; `_generate_and_score_completions` then
    replaces them with per-token ones: the token rewards of all processes are gathered (as TRL gathers its rewards,
@@ -35,9 +35,9 @@ from red_rlhf.config import ConfigError
 from red_rlhf.core.advantages import group_advantages
 from red_rlhf.core.masks import pad_rows
 from red_rlhf.integrations.trl_config import REDGRPOConfig, _rename
-from red_rlhf.integrations.verl_batch import RowBatch
-from red_rlhf.integrations.verl_scoring import score_batch
-from red_rlhf.models.build import Source, load_sources
+from red_rlhf.models.build import load_sources
+from red_rlhf.models.rewards import Source, score_sources, source_rewards
+from red_rlhf.models.sources import TokenBatch
 
 __all__ = ["REDGRPOConfig", "REDGRPOTrainer", "REDScores", "TRL_DEPENDENCIES"]
 
@@ -104,10 +104,11 @@ class REDScores:
         p_ids, p_mask = pad_rows(prompt_ids, pad, side="left")  # (b, P)
         r_ids, r_mask = pad_rows(completion_ids, pad)  # (b, R)
         ended = torch.tensor([ids[-1] in t.eos_token_ids for ids in completion_ids])
-        batch = RowBatch(texts, p_ids, p_mask.bool(), r_ids, r_mask.bool(), ended, tok, plain)
-        scored = score_batch(t.red_sources, t.args.red_config.reward, batch)
+        batch = TokenBatch(texts, p_ids, p_mask.bool(), r_ids, r_mask.bool(), tok, plain_prompts=plain, ended=ended)
+        scored = source_rewards(t.red_sources, score_sources(t.red_sources, batch), batch.response_mask,
+                                t.args.red_config.reward, ended=batch.ended, dtype=torch.float64)
         self.pending = ScoredRows(prompt_ids, completion_ids, scored.rewards)
-        return scored.final.tolist()
+        return scored.final_combined_raw.tolist()
 
     def take(self) -> ScoredRows:
         if self.pending is None:
@@ -140,13 +141,9 @@ class REDGRPOTrainer(GRPOTrainer):
     def _load_red_sources(self) -> list[Source]:
         """The sources of args.red_config, HF models frozen on this process's device; errors name the field."""
         try:
-            sources = load_sources(self.args.red_config)
+            return load_sources(self.args.red_config, self.accelerator.device)
         except ConfigError as err:
             raise ConfigError(_rename(str(err))) from err
-        for source in sources:
-            if hasattr(source.reward, "model"):
-                source.reward.model.to(self.accelerator.device).requires_grad_(False)
-        return sources
 
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)

@@ -34,9 +34,10 @@ from verl import DataProto
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 
 from red_rlhf.integrations import verl_estimators  # noqa: F401  (registers red_rloo / red_grpo with verl)
-from red_rlhf.integrations.verl_batch import RowBatch, rows_to_batch
-from red_rlhf.integrations.verl_scoring import load_sources, score_batch
+from red_rlhf.integrations.verl_batch import rows_to_batch
+from red_rlhf.integrations.verl_scoring import load_sources
 from red_rlhf.integrations.verl_settings import check_route, read_settings
+from red_rlhf.models.rewards import score_sources, source_rewards
 
 
 
@@ -125,12 +126,14 @@ class REDRewardManager(RewardManagerBase):
 
     def score_rows(self, rows: list[DataProto]) -> list[dict]:
         """verl's one-row DataProtos -> one {"reward_score": [reward per response token], "reward_extra_info"} each."""
-        batch: RowBatch = rows_to_batch(rows, self.tokenizer, self.settings.prompt_text)
-        scored = score_batch(self.sources, self.settings.reward, batch)
+        batch = rows_to_batch(rows, self.tokenizer, self.settings.prompt_text)
+        scored = source_rewards(self.sources, score_sources(self.sources, batch), batch.response_mask,
+                                self.settings.reward, ended=batch.ended, dtype=torch.float64)  # no KL: verl adds its own
         lengths = batch.response_mask.sum(-1).tolist()
         return [
             {"reward_score": scored.rewards[i, :n].tolist(),
-             "reward_extra_info": {"red_score": float(scored.final[i]), "red_prompt_score": float(scored.prompt[i])}}
+             "reward_extra_info": {"red_score": float(scored.final_combined_raw[i]),
+                                   "red_prompt_score": float(scored.prompt_combined_raw[i])}}
             for i, n in enumerate(lengths)
         ]
 

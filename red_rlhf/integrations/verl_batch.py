@@ -1,4 +1,4 @@
-"""verl's one-row DataProtos -> one batch of policy ids and masks, as red_rlhf's reward sources read them.
+"""verl's one-row DataProtos -> one `TokenBatch` of policy ids and masks, as red_rlhf's reward sources read them.
 
 verl 0.9.1 hands the reward step a row in one of two layouts:
 
@@ -15,21 +15,9 @@ Llama), so masks come from attention_mask, never from `ids != pad`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass
-class RowBatch:
-    prompts: list[str]  # the prompt text each reward source reads
-    prompt_ids: torch.Tensor  # (B, P) left-padded policy ids
-    prompt_mask: torch.Tensor  # (B, P) bool
-    response_ids: torch.Tensor  # (B, R) right-padded policy ids
-    response_mask: torch.Tensor  # (B, R) bool, True on response tokens (EOS included)
-    ended: torch.Tensor  # (B,) bool: the response's last token is the tokenizer's EOS
-    tokenizer: object  # the policy's tokenizer
-    plain_prompts: bool  # prompt text == the policy's prompt ids decoded
+from red_rlhf.models.sources import TokenBatch
 
 
 def _block(mask: torch.Tensor, row: int, what: str, sides: tuple[str, ...]) -> slice:
@@ -54,7 +42,7 @@ def _last_user_message(non_tensor: dict, row: int) -> str:
     return users[-1]
 
 
-def rows_to_batch(rows, tokenizer, prompt_text: str = "decoded") -> RowBatch:
+def rows_to_batch(rows, tokenizer, prompt_text: str = "decoded") -> TokenBatch:
     """Stack one-row DataProtos (any widths) into left-padded prompts and right-padded responses."""
     prompts, prompt_rows, response_rows = [], [], []
     for i, data in enumerate(rows):
@@ -89,5 +77,5 @@ def rows_to_batch(rows, tokenizer, prompt_text: str = "decoded") -> RowBatch:
         response_ids[i, : r.numel()], response_mask[i, : r.numel()] = r, True
     eos = tokenizer.eos_token_id
     ended = torch.tensor([eos is not None and int(r[-1]) == eos for r in response_rows])
-    return RowBatch(prompts, prompt_ids, prompt_mask, response_ids, response_mask, ended, tokenizer,
-                    plain_prompts=prompt_text == "decoded")
+    return TokenBatch(prompts, prompt_ids, prompt_mask, response_ids, response_mask, tokenizer,
+                      plain_prompts=prompt_text == "decoded", ended=ended)

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from red_rlhf.config import Config, ConfigError, SourceConfig, reward_sources
 from red_rlhf.models.precision import attention_kwargs, enable_gradient_checkpointing, set_attention, torch_dtype
 from red_rlhf.models.prefix import max_context
-from red_rlhf.models.sources import FunctionReward, HFRewardModel, PrefixScores, RewardSource, SourceError, TokenBatch
+from red_rlhf.models.rewards import Source
+from red_rlhf.models.sources import FunctionReward, HFRewardModel, RewardSource
 
 
 class Critic(torch.nn.Module):
@@ -190,34 +191,15 @@ def load_source(source: SourceConfig, where: str = "reward"):
         raise ConfigError(f"{where}.model: cannot load {source.model!r}: {str(err).splitlines()[0]}") from err
 
 
-@dataclass
-class Source:
-    """A reward source with the config it came from (name, scheme, kind, weight, limit)."""
-
-    config: SourceConfig
-    reward: RewardSource
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-
-def score_sources(sources: list[Source], batch: TokenBatch) -> dict[str, PrefixScores]:
-    """Each source's prefix scores on the batch's policy tokens (attention too for ABC sources); a failure names
-    the source."""
-    out = {}
-    for source in sources:
-        try:
-            out[source.name] = source.reward.score_tokens(batch, need_attention=source.config.scheme == "abc")
-        except Exception as err:  # a model's tokenizer, a user's function: say which source failed
-            raise SourceError(f"reward source {source.name!r} failed: {err}") from err
-    return out
-
-
-def load_sources(cfg: Config) -> list[Source]:
+def load_sources(cfg: Config, device: torch.device | str | None = None) -> list[Source]:
+    """The reward sources of cfg.reward; with a device, HF models are moved there and frozen (an engine's scorer)."""
     short = len(cfg.reward.sources) == 1 and cfg.reward.sources[0].name == "reward"
-    return [Source(sc, load_source(sc, "reward" if short else f"reward.sources[{i}]"))
-            for i, sc in enumerate(reward_sources(cfg))]
+    sources = [Source(sc, load_source(sc, "reward" if short else f"reward.sources[{i}]"))
+               for i, sc in enumerate(reward_sources(cfg))]
+    for source in sources if device is not None else ():
+        if hasattr(source.reward, "model"):
+            source.reward.model.to(device).requires_grad_(False)
+    return sources
 
 
 def check_context(policy, cfg: Config) -> None:

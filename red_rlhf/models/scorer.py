@@ -16,10 +16,12 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from red_rlhf.config import SourceConfig
 from red_rlhf.core.masks import pad_rows
 from red_rlhf.core.redistribute import SCHEMES
-from red_rlhf.core.reward_assembly import RewardSettings, SourceScores, assemble_rewards
-from red_rlhf.models.sources import FunctionReward, HFRewardModel, RewardSource, TokenBatch, score_text_path
+from red_rlhf.core.reward_assembly import RewardSettings
+from red_rlhf.models.rewards import Source, score_sources, source_rewards
+from red_rlhf.models.sources import FunctionReward, HFRewardModel, RewardSource, TokenBatch
 
 
 @dataclass
@@ -66,9 +68,9 @@ class TokenRewardScorer:
             if not isinstance(reward, HFRewardModel):
                 raise ValueError("a reward function has no tokenizer: pass policy_tokenizer= to say whose tokens get rewards")
             policy_tokenizer = reward.tokenizer
-        self.reward, self.policy_tokenizer = reward, policy_tokenizer
+        self.reward, self.policy_tokenizer, self.scheme = reward, policy_tokenizer, scheme
+        self.source = Source(SourceConfig(name="reward", scheme=scheme), reward)
         self.settings = RewardSettings(beta_c=beta_c, first_token=first_token, abc_beta=abc_beta)
-        self.scheme = scheme
 
     def batch(self, prompts: list[str], responses: list[str]) -> tuple[TokenBatch, list[tuple[list[int], list[tuple[int, int]]]]]:
         """The texts as policy tokens: a TokenBatch (texts and cuts known, not decoded) and each response's ids and spans."""
@@ -104,13 +106,9 @@ class TokenRewardScorer:
         if not prompts:
             raise ValueError("nothing to score: no prompts and responses were given")
         batch, tokenized = self.batch(prompts, responses)
-        need_attention = self.scheme == "abc"
-        if hasattr(self.reward, "score_tokens"):
-            scores = self.reward.score_tokens(batch, need_attention=need_attention)
-        else:  # a user's source with the text-path method only
-            scores = score_text_path(self.reward, batch, need_attention)
-        source = SourceScores("reward", scores.prompt, scores.tokens, self.scheme, attention=scores.attention)
-        rewards = assemble_rewards([source], batch.response_mask, self.settings, dtype=torch.float64).rewards
+        scores = score_sources([self.source], batch)["reward"]
+        rewards = source_rewards([self.source], {"reward": scores}, batch.response_mask, self.settings,
+                                 dtype=torch.float64).rewards
         out = []
         for i, (prompt, response, (ids, offsets)) in enumerate(zip(prompts, responses, tokenized)):
             n = len(ids)

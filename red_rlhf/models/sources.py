@@ -27,6 +27,7 @@ from typing import Protocol
 import torch
 
 from red_rlhf.core.alignment import check_cuts, scores_at_cuts, sums_between_cuts
+from red_rlhf.core.reward_assembly import PrefixScores
 from red_rlhf.core.masks import pad_rows
 from red_rlhf.models.detokenize import response_texts
 from red_rlhf.models.prefix import pooled_attention, prefix_scores, resolve_mode, sequence_scores
@@ -51,6 +52,7 @@ class TokenBatch:
     response_mask: torch.Tensor  # (B, R) bool, True on response tokens (EOS included)
     tokenizer: object  # the policy's tokenizer
     plain_prompts: bool = True  # prompt_ids are tokenizer(prompt) as is (False: e.g. wrapped in a chat template)
+    ended: torch.Tensor | None = None  # (B,) bool: the response ends with EOS (what missing_eos_penalty reads)
     _texts: tuple[list[str], list[list[int]]] | None = field(default=None, repr=False)
 
     def __post_init__(self):
@@ -72,15 +74,6 @@ class TokenBatch:
                 if not text:
                     raise ValueError(f"response {i} decodes to empty text; a text-path reward source cannot score it")
         return self._texts
-
-
-@dataclass
-class PrefixScores:
-    """A source's scores on the policy's response tokens."""
-
-    prompt: torch.Tensor  # (B,) R(x): the score of the prompt alone
-    tokens: torch.Tensor  # (B, R) the score after each response token; R(x, y) at the last; 0 on padding
-    attention: torch.Tensor | None = None  # (B, R) ABC: attention on each response token (None unless asked)
 
 
 def from_cut_scores(scored: Sequence["CutScores"], width: int) -> PrefixScores:

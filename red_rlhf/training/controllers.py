@@ -41,12 +41,3 @@ def multipliers(sources: Sequence, lagrangian) -> dict[str, LagrangeMultiplier]:
         return {}
     return {s.name: LagrangeMultiplier(lagrangian.init, lagrangian.lr, s.limit)
             for s in sources if s.kind == "cost" and s.limit is not None}
-
-
-def signed_coefficients(sources: Sequence, lambdas: dict[str, LagrangeMultiplier]) -> list[float]:
-    """Each source's signed weight this step: +weight for rewards, -weight (or -lambda) for costs."""
-    out = []
-    for s in sources:
-        c = lambdas[s.name].value if s.name in lambdas else s.weight
-        out.append(c if s.kind == "reward" else -c)
-    return out

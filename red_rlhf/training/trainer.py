@@ -24,16 +24,17 @@ from pathlib import Path
 
 import torch
 
-from red_rlhf.config import Config, ConfigError, reward_settings, to_dict
+from red_rlhf.config import Config, ConfigError, to_dict
 from red_rlhf.core.advantages import kl_per_token, masked_mean
 from red_rlhf.core.losses import entropy_from_logits
-from red_rlhf.core.reward_assembly import AssembledRewards, SourceScores, assemble_rewards
+from red_rlhf.core.reward_assembly import AssembledRewards, PrefixScores
 from red_rlhf.data.prompts import PromptOrder, train_eval_prompts
-from red_rlhf.models.build import as_reference, build_run, place_frozen, score_sources
+from red_rlhf.models.build import as_reference, build_run, place_frozen
 from red_rlhf.models.precision import check_device
-from red_rlhf.models.sources import PrefixScores, SourceError
+from red_rlhf.models.rewards import score_sources, source_rewards
+from red_rlhf.models.sources import SourceError
 from red_rlhf.training import checkpoint, frozen, lock, memory, stops, tracking
-from red_rlhf.training.controllers import AdaptiveKL, multipliers, signed_coefficients
+from red_rlhf.training.controllers import AdaptiveKL, multipliers
 from red_rlhf.training.export import export_policy
 from red_rlhf.training.guards import ensure_finite
 from red_rlhf.training.ppo import Experience, FirstPass, compute_advantages, first_step_reuses_rollout, update
@@ -101,7 +102,6 @@ class Trainer:
         self.order = PromptOrder(train_prompts, cfg.train.seed, self.acc.process_index, self.acc.num_processes)
         self.kl = AdaptiveKL(cfg.kl.coef, cfg.kl.target if cfg.kl.adaptive else None, cfg.kl.horizon)
         self.lambdas = multipliers([s.config for s in self.sources], cfg.lagrangian)
-        self.settings = reward_settings(cfg.reward)
         self.on_phase: list[Callable[[Phase], None]] = []
         self.on_step_end: list[Callable[[dict], None]] = []
         self.step = 0
@@ -190,20 +190,13 @@ class Trainer:
         return score_sources(self.sources if sources is None else sources, batch)
 
     def assemble(self, ro: Rollout, scores: dict[str, PrefixScores], kl: torch.Tensor | None) -> AssembledRewards:
-        """Phase 3: the per-token rewards the estimator sees, from every source's scores (`assemble_rewards`),
+        """Phase 3: the per-token rewards the estimator sees, from every source's scores (`source_rewards`),
         with this step's signed weights (Lagrange multipliers in place of constrained costs' weights)."""
-        coefs = signed_coefficients([s.config for s in self.sources], self.lambdas)
-        inputs = [SourceScores(s.name, scores[s.name].prompt, scores[s.name].tokens, s.config.scheme, coef,
-                               scores[s.name].attention) for s, coef in zip(self.sources, coefs)]
-        mask = ro.response_mask.cpu()
-        assembled = assemble_rewards(inputs, mask, self.settings, ended=ro.ended.cpu(),
-                                     kl=None if kl is None else kl.detach().cpu(), kl_coef=self.kl.coef)
-        device = self.acc.device
-        for key in ("rewards", "score_rewards", "kl_penalty", "final_combined_raw"):
-            setattr(assembled, key, getattr(assembled, key).to(device))
-        assembled.final_raw = {k: v.to(device) for k, v in assembled.final_raw.items()}
-        assembled.final_normalised = {k: v.to(device) for k, v in assembled.final_normalised.items()}
-        return assembled
+        multipliers = {name: m.value for name, m in self.lambdas.items()}
+        assembled = source_rewards(self.sources, scores, ro.response_mask.cpu(), self.cfg.reward, ended=ro.ended.cpu(),
+                                   multipliers=multipliers, kl=None if kl is None else kl.detach().cpu(),
+                                   kl_coef=self.kl.coef)
+        return assembled.to(self.acc.device)
 
     def move_controllers(self, ro: Rollout, rewards: AssembledRewards, kl: torch.Tensor) -> dict[str, float]:
         """Phase 6: the adaptive KL coefficient follows this step's KL; each Lagrange multiplier follows its cost's
