@@ -156,6 +156,14 @@ def test_the_one_source_short_form_is_a_list_of_one():
         load_config("toy-cost", ["--reward.model=x"])
 
 
+def test_source_paths_name_the_short_form_reward_and_listed_sources_by_index():
+    from red_rlhf.config import source_paths
+
+    assert source_paths(["reward"]) == ["reward"]  # reward.model, reward.scheme, ...
+    assert source_paths(["good"]) == ["reward.sources[0]"]  # a list of one, named otherwise
+    assert source_paths(["reward", "cost"]) == ["reward.sources[0]", "reward.sources[1]"]
+
+
 def test_the_demo_reward_model_by_name_says_how_to_make_it(tmp_path, monkeypatch):
     from red_rlhf.models.packaged import resolve_model_name
 

@@ -6,6 +6,7 @@ Loading (YAML, `base:`, command-line overrides) is `config.load`; the checks tha
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 class ConfigError(ValueError):
@@ -314,3 +315,11 @@ def reward_sources(cfg: Config) -> list[SourceConfig]:
 def primary_source(cfg: Config) -> SourceConfig:
     """The first source of kind "reward": the one a critic can be copied from and evaluation reports."""
     return next(s for s in reward_sources(cfg) if s.kind == "reward")
+
+
+def source_paths(names: Sequence[str]) -> list[str]:
+    """Where each reward source sits in the config, as errors and resume messages name it: "reward" in the
+    one-source short form (a single source named "reward": reward.model, reward.scheme, ...), else
+    "reward.sources[i]"."""
+    short = list(names) == ["reward"]
+    return ["reward" if short else f"reward.sources[{i}]" for i in range(len(names))]

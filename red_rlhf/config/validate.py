@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from red_rlhf.config.schema import Config, ConfigError, primary_source, reward_sources
+from red_rlhf.config.schema import Config, ConfigError, primary_source, reward_sources, source_paths
 from red_rlhf.core.advantages import GROUP_ESTIMATORS, GROUP_SCALES, KL_ESTIMATORS
 from red_rlhf.core.redistribute import FIRST_TOKEN_RULES, SCHEMES
 
@@ -194,20 +194,14 @@ def _validate_precision(cfg: Config) -> None:
                           f"own base weights, in precision.policy_dtype {p.policy_dtype!r}; set both the same")
 
 
-def _short_form(cfg: Config) -> bool:
-    return len(cfg.reward.sources) == 1 and cfg.reward.sources[0].name == "reward"
-
-
 def _validate_sources(cfg: Config) -> None:
-    single = _short_form(cfg)
-    names = []
-    for i, s in enumerate(reward_sources(cfg)):
-        where = "reward" if single else f"reward.sources[{i}]"
+    sources, lag = reward_sources(cfg), cfg.lagrangian
+    names = [s.name for s in sources]
+    for where, s in zip(source_paths(names), sources):
         if not s.name:
             raise ConfigError(f"{where}.name is empty: every source needs a name (it labels metrics and errors)")
-        names.append(s.name)
         if (s.model is None) == (s.function is None):
-            if single:
+            if where == "reward":
                 raise ConfigError("set exactly one of reward.model (an HF reward model) and reward.function "
                                   "(module:function)")
             raise ConfigError(f"{where} ({s.name}): set exactly one of model and function")
@@ -224,7 +218,6 @@ def _validate_sources(cfg: Config) -> None:
             raise ConfigError(f"{where}.scheme 'abc' needs a reward model's attention; a function ({s.name}) has none")
     if len(set(names)) != len(names):
         raise ConfigError(f"reward.sources: names must be unique, got {names}")
-    sources, lag = reward_sources(cfg), cfg.lagrangian
     if not any(s.kind == "reward" for s in sources):
         raise ConfigError("reward.sources: at least one source must be of kind 'reward'")
     constrained = [s for s in sources if s.kind == "cost" and s.limit is not None]

@@ -15,7 +15,7 @@ import torch
 
 from dataclasses import dataclass
 
-from red_rlhf.config import Config, ConfigError, SourceConfig, reward_sources
+from red_rlhf.config import Config, ConfigError, SourceConfig, reward_sources, source_paths
 from red_rlhf.models.precision import attention_kwargs, enable_gradient_checkpointing, set_attention, torch_dtype
 from red_rlhf.models.prefix import max_context
 from red_rlhf.models.sources import FunctionReward, HFRewardModel, PrefixScores, RewardSource, SourceError, TokenBatch
@@ -215,9 +215,8 @@ def score_sources(sources: list[Source], batch: TokenBatch) -> dict[str, PrefixS
 
 
 def load_sources(cfg: Config) -> list[Source]:
-    short = len(cfg.reward.sources) == 1 and cfg.reward.sources[0].name == "reward"
-    return [Source(sc, load_source(sc, "reward" if short else f"reward.sources[{i}]"))
-            for i, sc in enumerate(reward_sources(cfg))]
+    sources = reward_sources(cfg)
+    return [Source(sc, load_source(sc, where)) for where, sc in zip(source_paths([s.name for s in sources]), sources)]
 
 
 def check_context(policy, cfg: Config) -> None:
