@@ -27,6 +27,12 @@ class PolicyConfig:
     """Module names LoRA adapts; None lets peft choose for the architecture."""
 
 
+SCORING_MODES = ("auto", "causal", "prefix")
+"""How an HF reward model scores every prefix (models/prefix.py): one causal pass, a pass per prefix, or chosen."""
+INPUT_FORMATS = ("auto", "chat", "concat", "pair")
+"""How prompt and response become an HF reward model's input (models/sources.py, HFRewardModel)."""
+
+
 @dataclass
 class SourceConfig:
     """One of several reward sources (reward.sources): scored, redistributed by its own scheme, weighted, summed."""

@@ -8,7 +8,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from red_rlhf.config.schema import Config, ConfigError, primary_source, reward_sources, source_paths
+from red_rlhf.config.schema import (
+    INPUT_FORMATS, SCORING_MODES, Config, ConfigError, primary_source, reward_sources, source_paths,
+)
 from red_rlhf.core.advantages import GROUP_ESTIMATORS, GROUP_SCALES, KL_ESTIMATORS
 from red_rlhf.core.redistribute import FIRST_TOKEN_RULES, SCHEMES
 
@@ -208,8 +210,8 @@ def _validate_sources(cfg: Config) -> None:
         if s.function is not None and ":" not in s.function:
             raise ConfigError(f"{where}.function must look like 'package.module:function', got {s.function!r}")
         _choice(f"{where}.scheme", s.scheme, SCHEMES)
-        _choice(f"{where}.mode", s.mode, ("auto", "causal", "prefix"))
-        _choice(f"{where}.format", s.format, ("auto", "chat", "concat", "pair"))
+        _choice(f"{where}.mode", s.mode, SCORING_MODES)
+        _choice(f"{where}.format", s.format, INPUT_FORMATS)
         _choice(f"{where}.kind", s.kind, ("reward", "cost"))
         _positive(f"{where}.weight", s.weight, allow_zero=True)
         if s.limit is not None and s.kind != "cost":

@@ -26,12 +26,12 @@ from typing import Protocol
 
 import torch
 
+from red_rlhf.config import INPUT_FORMATS
 from red_rlhf.core.alignment import check_cuts, scores_at_cuts, sums_between_cuts
 from red_rlhf.core.masks import pad_rows
 from red_rlhf.models.detokenize import response_texts
 from red_rlhf.models.prefix import pooled_attention, prefix_scores, resolve_mode, sequence_scores
 
-FORMATS = ("auto", "chat", "concat", "pair")
 TRAINED_FORMAT_KEY = "red_rlhf_input_format"  # in a reward model's config: how its training inputs were laid out
 
 
@@ -194,8 +194,8 @@ class HFRewardModel:
                  batch_size: int = 8, max_batch_tokens: int = 4096):
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError("the reward model's tokenizer must be a fast tokenizer (it needs character offsets)")
-        if format not in FORMATS:
-            raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+        if format not in INPUT_FORMATS:
+            raise ValueError(f"format must be one of {INPUT_FORMATS}, got {format!r}")
         self.model, self.tokenizer = model.eval(), tokenizer
         self.mode = resolve_mode(model, mode)
         if format == "auto":  # the format the model was trained on, when its config says (red-rlhf train-rm writes it)
