@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+
 class ConfigError(ValueError):
     """A config value that cannot work; the message names the field."""
 
@@ -28,7 +29,8 @@ class PolicyConfig:
 
 
 SCORING_MODES = ("auto", "causal", "prefix")
-"""How an HF reward model scores every prefix (models/prefix.py): one causal pass, a pass per prefix, or chosen."""
+"""How an HF reward model scores every prefix (models/prefix.py): "causal" in one pass, "prefix" in a pass per
+prefix, "auto" by the model's architecture."""
 INPUT_FORMATS = ("auto", "chat", "concat", "pair")
 """How prompt and response become an HF reward model's input (models/sources.py, HFRewardModel)."""
 
