@@ -11,7 +11,7 @@ from pathlib import Path
 
 from red_rlhf.data.jsonl import read_responses
 from red_rlhf.core.redistribute import FIRST_TOKEN_RULES, SCHEMES
-from red_rlhf.models.prefix import MODES
+from red_rlhf.config import INPUT_FORMATS, SCORING_MODES
 
 
 class UserError(Exception):
@@ -289,8 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--beta-c", type=float, default=1.0, help="RED blend with the sparse reward; 1 = pure RED")
     score.add_argument("--first-token", choices=FIRST_TOKEN_RULES, default="difference",
                        help="RED reward of the first response token (default: s_1 - s_0, the paper's equations)")
-    score.add_argument("--mode", choices=MODES, default="auto", help="causal single pass, per-prefix passes, or auto")
-    score.add_argument("--format", choices=("auto", "chat", "concat", "pair"), default="auto",
+    score.add_argument("--mode", choices=SCORING_MODES, default="auto", help="causal single pass, per-prefix passes, or auto")
+    score.add_argument("--format", choices=INPUT_FORMATS, default="auto",
                        help="how prompt and response become the reward model's input (default: auto)")
     score.add_argument("--label-index", type=int, help="which output is the reward, for models with several labels")
     score.add_argument("--html", help="also write a self-contained heatmap page here")

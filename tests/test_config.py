@@ -156,6 +156,36 @@ def test_the_one_source_short_form_is_a_list_of_one():
         load_config("toy-cost", ["--reward.model=x"])
 
 
+def test_source_paths_name_the_short_form_reward_and_listed_sources_by_index():
+    from red_rlhf.config import source_paths
+
+    assert source_paths(["reward"]) == ["reward"]  # reward.model, reward.scheme, ...
+    assert source_paths(["good"]) == ["reward.sources[0]"]  # a list of one, named otherwise
+    assert source_paths(["reward", "cost"]) == ["reward.sources[0]", "reward.sources[1]"]
+
+
+def _accepts(call) -> bool:
+    try:
+        call()
+    except (ValueError, SystemExit):  # ConfigError is a ValueError; argparse exits on a bad choice
+        return False
+    return True
+
+
+def test_config_cli_and_reward_model_take_the_same_scoring_modes_and_input_formats(gpt2_tok, gpt2_rm):
+    from red_rlhf.cli import build_parser
+    from red_rlhf.config import INPUT_FORMATS, SCORING_MODES
+    from red_rlhf.models.sources import HFRewardModel
+
+    parser = build_parser()
+    for key, values in (("mode", SCORING_MODES), ("format", INPUT_FORMATS)):
+        for value in (*values, "other"):
+            takes = {"config": _accepts(lambda: load_config(None, TOY + [f"--reward.{key}={value}"])),
+                     "cli": _accepts(lambda: parser.parse_args(["score", "--reward-model", "m", f"--{key}", value])),
+                     "model": _accepts(lambda: HFRewardModel(gpt2_rm, gpt2_tok, **{key: value}))}
+            assert set(takes.values()) == {value in values}, (key, value, takes)
+
+
 def test_the_demo_reward_model_by_name_says_how_to_make_it(tmp_path, monkeypatch):
     from red_rlhf.models.packaged import resolve_model_name
 

@@ -25,6 +25,11 @@ def test_an_over_long_prompt_deep_in_the_file_is_named_by_line(tmp_path):
     assert not (tmp_path / "run").exists()  # nothing written
 
 
+def test_a_tokenizer_that_cannot_take_any_prompt_is_not_blamed_on_a_line(tmp_path):
+    with pytest.raises(ConfigError, match="^policy.chat_template is set but the policy tokenizer has no chat template"):
+        Trainer(toy(tmp_path, "--policy.chat_template=true"))
+
+
 def test_jsonl_and_eval_prompt_files_are_checked_too(tmp_path):
     train = tmp_path / "p.jsonl"
     train.write_text(json.dumps({"prompt": "the movie was"}) + "\n")

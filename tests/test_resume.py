@@ -98,6 +98,15 @@ def test_every_resumable_setting_is_a_config_field():
     assert RESUMABLE <= set(flat_settings(to_dict(Config())))
 
 
+def test_reward_sources_flatten_to_the_names_errors_use():
+    from red_rlhf.config import to_dict
+    from red_rlhf.training.resume import flat_settings
+
+    short, listed = to_dict(load_config("toy")), to_dict(load_config("toy-cost"))
+    assert flat_settings(short)["reward.scheme"] == "red" and "reward.sources[0].scheme" not in flat_settings(short)
+    assert flat_settings(listed)["reward.sources[1].kind"] == "cost" and "reward.kind" not in flat_settings(listed)
+
+
 def test_the_settings_of_the_session_that_wrote_the_checkpoint_are_compared(tmp_path):
     """Start (lr a) saves step 2; a resume with lr b dies before saving; the next resume compares with b's
     session only for checkpoints b wrote: here the checkpoint of step 2 was written under a."""

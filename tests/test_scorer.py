@@ -1,5 +1,6 @@
 """Tier 2: texts in, per-token rewards out, on tiny reward models (same and different tokenizers)."""
 
+import copy
 import math
 
 import pytest
@@ -154,6 +155,17 @@ def test_python_function_reward_per_prefix(policy_tok):
     completing = [t for t, (_, end) in enumerate(row.offsets) if row.response[:end].count("good") > row.response[: row.offsets[t][0]].count("good")]
     for t, reward in enumerate(row.rewards):
         assert reward == (1.0 if t in completing else 0.0)
+
+
+@pytest.mark.parametrize("path", ["tensor", "text"])
+def test_a_reward_model_giving_nan_scores_is_refused_naming_the_rows(gpt2_tok, gpt2_rm, policy_tok, path):
+    broken = copy.deepcopy(gpt2_rm)
+    torch.nn.init.constant_(broken.score.weight, math.nan)
+    rm = HFRewardModel(broken, gpt2_tok)
+    policy = gpt2_tok if path == "tensor" else policy_tok  # the reward model's own tokens: one forward on them
+    assert rm.reads_policy_tokens(policy) == (path == "tensor")
+    with pytest.raises(ValueError, match=r"NaN or infinite in row\(s\) \[0, 1\]"):
+        TokenRewardScorer(rm, policy_tokenizer=policy).score(PROMPTS[:2], RESPONSES[:2])
 
 
 def test_function_reward_with_prompt_argument_and_bad_values(policy_tok):

@@ -81,6 +81,19 @@ def test_checkpoint_and_resume_keep_the_multiplier(tmp_path):
     assert again.lambdas["great"].value == saved and again.step == 3
 
 
+def test_the_primary_source_is_the_first_of_kind_reward_and_evaluation_reports_it(tmp_path):
+    from red_rlhf.config import primary_source
+    from red_rlhf.data.toy import praise_score
+
+    cfg = cost_run(tmp_path, "--lagrangian.enabled=false")
+    cfg.reward.sources[1].function, cfg.reward.sources[1].takes_prompt = "tests.nan_reward:huge", False  # 1e30
+    cfg.reward.sources.reverse()  # the cost listed first
+    trainer = Trainer(validate(cfg))
+    assert primary_source(cfg).name == trainer.primary.name == "praise"
+    ro, texts, final, _ = trainer.eval_samples(["the movie was", "i liked the"])
+    assert final == pytest.approx([praise_score(p, t) for p, t in zip(ro.prompts, texts)])
+
+
 def test_source_errors_name_the_source(tmp_path):
     cfg = cost_run(tmp_path, "--train.steps=1")
     cfg.reward.sources[1].function, cfg.reward.sources[1].takes_prompt = "tests.nan_reward:broken", False

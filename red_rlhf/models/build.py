@@ -15,7 +15,7 @@ import torch
 
 from dataclasses import dataclass
 
-from red_rlhf.config import Config, ConfigError, SourceConfig, reward_sources
+from red_rlhf.config import Config, ConfigError, SourceConfig, primary_source, reward_sources, source_paths
 from red_rlhf.models.precision import attention_kwargs, enable_gradient_checkpointing, set_attention, torch_dtype
 from red_rlhf.models.prefix import max_context
 from red_rlhf.models.rewards import Source
@@ -193,9 +193,8 @@ def load_source(source: SourceConfig, where: str = "reward"):
 
 def load_sources(cfg: Config, device: torch.device | str | None = None) -> list[Source]:
     """The reward sources of cfg.reward; with a device, HF models are moved there and frozen (an engine's scorer)."""
-    short = len(cfg.reward.sources) == 1 and cfg.reward.sources[0].name == "reward"
-    sources = [Source(sc, load_source(sc, "reward" if short else f"reward.sources[{i}]"))
-               for i, sc in enumerate(reward_sources(cfg))]
+    configs = reward_sources(cfg)
+    sources = [Source(sc, load_source(sc, where)) for where, sc in zip(source_paths([s.name for s in configs]), configs)]
     for source in sources if device is not None else ():
         if hasattr(source.reward, "model"):
             source.reward.model.to(device).requires_grad_(False)
@@ -232,15 +231,11 @@ class Run:
     reference: torch.nn.Module | None  # None with LoRA: the policy with adapters off is the reference
     critic: Critic | None
     sources: list[Source]
+    primary: Source  # the source of config.primary_source: the critic's origin and what evaluation reports
     policy_opt: torch.optim.Optimizer
     critic_opt: torch.optim.Optimizer | None
     policy_sched: torch.optim.lr_scheduler.LRScheduler
     critic_sched: torch.optim.lr_scheduler.LRScheduler | None
-
-    @property
-    def primary(self) -> Source:
-        """The first source of kind "reward": the critic's origin and what evaluation reports."""
-        return next(s for s in self.sources if s.config.kind == "reward")
 
 
 def schedule(cfg: Config):
@@ -264,7 +259,7 @@ def build_run(cfg: Config) -> Run:
     """Policy and tokenizer, reward sources, critic, LoRA, reference, AdamW optimisers and LR schedulers."""
     policy, tokenizer = load_policy(cfg)
     sources = load_sources(cfg)
-    primary = next(s for s in sources if s.config.kind == "reward")
+    primary = next(s for s in sources if s.config is primary_source(cfg))
     critic = build_critic(cfg, policy, tokenizer, primary.reward)
     check_context(policy, cfg)
     policy = apply_lora(policy, cfg)
@@ -275,4 +270,4 @@ def build_run(cfg: Config) -> Run:
     critic_opt = adamw(critic.parameters(), lr=cfg.algo.critic_lr) if critic else None
     policy_sched = torch.optim.lr_scheduler.LambdaLR(policy_opt, schedule(cfg))
     critic_sched = torch.optim.lr_scheduler.LambdaLR(critic_opt, schedule(cfg)) if critic else None
-    return Run(policy, tokenizer, reference, critic, sources, policy_opt, critic_opt, policy_sched, critic_sched)
+    return Run(policy, tokenizer, reference, critic, sources, primary, policy_opt, critic_opt, policy_sched, critic_sched)

@@ -19,11 +19,10 @@ import logging
 
 import torch
 
+from red_rlhf.config import SCORING_MODES
 from red_rlhf.core.masks import pad_rows, position_ids
 
 logger = logging.getLogger("red_rlhf")
-
-MODES = ("auto", "causal", "prefix")
 
 
 def _is_bidirectional(model: torch.nn.Module) -> bool:
@@ -39,8 +38,8 @@ def detect_mode(model: torch.nn.Module) -> str:
 
 
 def resolve_mode(model: torch.nn.Module, mode: str) -> str:
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode not in SCORING_MODES:
+        raise ValueError(f"mode must be one of {SCORING_MODES}, got {mode!r}")
     name = type(model).__name__
     if mode == "auto":
         chosen = detect_mode(model)

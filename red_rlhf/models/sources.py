@@ -11,7 +11,8 @@ Two paths lead there:
 - text path: everything else (another tokenizer, a bidirectional or chat-template reward model, a python function)
   decodes each response once (`detokenize.response_texts`, linear in length), scores the reward model's own tokens
   (`score_cuts`) and maps them to the policy's tokens by character offsets (`core.alignment`).
-Both give the same numbers where both apply (tested).
+Both give the same numbers where both apply (tested). Scores come back as the model gives them: `assemble_rewards`,
+which every scoring path ends in, refuses a NaN or infinite one, naming the source and the rows.
 
 - `HFRewardModel`: any Hugging Face sequence classifier (causal single pass or bidirectional per-prefix).
 - `FunctionReward`: a python function text -> float, called once per prefix.
@@ -26,13 +27,13 @@ from typing import Protocol
 
 import torch
 
+from red_rlhf.config import INPUT_FORMATS
 from red_rlhf.core.alignment import check_cuts, scores_at_cuts, sums_between_cuts
 from red_rlhf.core.reward_assembly import PrefixScores
 from red_rlhf.core.masks import pad_rows
 from red_rlhf.models.detokenize import response_texts
 from red_rlhf.models.prefix import pooled_attention, prefix_scores, resolve_mode, sequence_scores
 
-FORMATS = ("auto", "chat", "concat", "pair")
 TRAINED_FORMAT_KEY = "red_rlhf_input_format"  # in a reward model's config: how its training inputs were laid out
 
 
@@ -110,13 +111,6 @@ class RewardSource(Protocol):
     ) -> list[CutScores]: ...
 
 
-def _finite(value: float, what: str) -> float:
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"the reward is {value} for {what}: rewards must be finite numbers")
-    return value
-
-
 class FunctionReward:
     """A python function as the reward, scored on every prefix (len(response) + 1 calls per response).
 
@@ -131,8 +125,11 @@ class FunctionReward:
         self.name = name or getattr(fn, "__name__", "reward function")
 
     def _call(self, prompt: str, prefix: str) -> float:
-        value = self.fn(prompt, prefix) if self.takes_prompt else self.fn(prompt + prefix)
-        return _finite(value, f"{self.name} on prompt {prompt[:40]!r} + response prefix {prefix[-40:]!r}")
+        value = float(self.fn(prompt, prefix) if self.takes_prompt else self.fn(prompt + prefix))
+        if not math.isfinite(value):  # checked here, the one place that knows which text the function was given
+            raise ValueError(f"the reward is {value} for {self.name} on prompt {prompt[:40]!r} + response prefix "
+                             f"{prefix[-40:]!r}: rewards must be finite numbers")
+        return value
 
     def score_tokens(self, batch: TokenBatch, need_attention: bool = False) -> PrefixScores:
         return score_text_path(self, batch, need_attention)
@@ -187,8 +184,8 @@ class HFRewardModel:
                  batch_size: int = 8, max_batch_tokens: int = 4096):
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError("the reward model's tokenizer must be a fast tokenizer (it needs character offsets)")
-        if format not in FORMATS:
-            raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+        if format not in INPUT_FORMATS:
+            raise ValueError(f"format must be one of {INPUT_FORMATS}, got {format!r}")
         self.model, self.tokenizer = model.eval(), tokenizer
         self.mode = resolve_mode(model, mode)
         if format == "auto":  # the format the model was trained on, when its config says (red-rlhf train-rm writes it)
@@ -238,10 +235,6 @@ class HFRewardModel:
                 attention.append(pooled_attention(self.model, chunk_ids, chunk_mask).cpu())
         scores = torch.cat(scores).double()  # (B, P + R)
         response_mask = batch.response_mask.bool().cpu()
-        used = torch.cat([torch.ones_like(response_mask[:, :1]), response_mask], dim=1)
-        bad = (~torch.isfinite(scores[:, width - 1:]) & used).any(-1).nonzero().flatten().tolist()
-        if bad:
-            raise ValueError(f"the reward model gave NaN or infinite scores for response(s) {bad}")
         tokens = torch.where(response_mask, scores[:, width:], 0.0)
         shares = torch.cat(attention).double()[:, width:] if need_attention else None
         return PrefixScores(scores[:, width - 1], tokens, None if shares is None else torch.where(response_mask, shares, 0.0))
@@ -322,8 +315,6 @@ class HFRewardModel:
                 rm_scores = s[row.first: row.last + 1]
                 final = s[len(row.input_ids) - 1]  # where a causal classifier pools: the last real token
                 prompt_score = alone.get(i, s[row.first - 1])
-                for value in rm_scores + [final, prompt_score]:
-                    _finite(value, f"response {response[:40]!r}")
                 shares = None
                 if attention is not None:
                     shares = sums_between_cuts(row.response_ends, attention[i, row.first: row.last + 1].tolist(), row_cuts)

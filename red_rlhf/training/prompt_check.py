@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from red_rlhf.config import Config, ConfigError
 from red_rlhf.data.prompts import is_datasets_source, read_prompt_lines, source_options
-from red_rlhf.training.rollout import encode_prompts
+from red_rlhf.training.rollout import PromptError, encode_prompts
 
 
 def check_prompts(cfg: Config, tokenizer, shown: int = 5) -> None:
@@ -21,10 +21,8 @@ def check_prompts(cfg: Config, tokenizer, shown: int = 5) -> None:
             try:
                 encode_prompts(tokenizer, [prompt], max_tokens=cfg.rollout.max_prompt_tokens,
                                chat_template=cfg.policy.chat_template)
-            except ValueError as err:
-                if not str(err).startswith("prompt 0 "):  # about the tokenizer, not this prompt
-                    raise ConfigError(str(err)) from err
-                problems.append(f"{unit} {line}: {str(err).replace('prompt 0 ', 'the prompt ', 1)}")
+            except PromptError as err:  # this prompt; a tokenizer without a chat template is a ConfigError of its own
+                problems.append(f"{unit} {line}: the prompt {err.problem}")
         if problems:
             where = "the toy prompts" if path == "toy" else path
             more = f" (and {len(problems) - shown} more)" if len(problems) > shown else ""

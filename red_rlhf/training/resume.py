@@ -23,7 +23,7 @@ import re
 import time
 from pathlib import Path
 
-from red_rlhf.config import Config, ConfigError, to_dict
+from red_rlhf.config import Config, ConfigError, reward_sources, source_paths, to_dict
 
 HISTORY = "config-history.jsonl"
 
@@ -39,16 +39,14 @@ RESUMABLE = {
 
 
 def flat_settings(settings: dict) -> dict[str, object]:
-    """{"algo": {"policy_lr": 1e-5}} -> {"algo.policy_lr": 1e-5}. Lists of sections (reward.sources) are
-    flattened per item, "reward.sources[1].weight"; the one-source short form reads "reward.scheme"."""
+    """{"algo": {"policy_lr": 1e-5}} -> {"algo.policy_lr": 1e-5}; reward.sources per source and field, named as
+    errors name them (config.source_paths): "reward.sources[1].weight", or "reward.scheme" in the short form."""
     out = {}
     for section, values in settings.items():
         for key, value in values.items():
-            if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
-                short = section == "reward" and key == "sources" and len(value) == 1 and value[0].get("name") == "reward"
-                for i, item in enumerate(value):
-                    for name, v in item.items():
-                        out[f"{section}.{name}" if short else f"{section}.{key}[{i}].{name}"] = v
+            if section == "reward" and key == "sources" and value:
+                for where, item in zip(source_paths([item.get("name") for item in value]), value):
+                    out.update({f"{where}.{name}": v for name, v in item.items()})
             else:
                 out[f"{section}.{key}"] = value
     return out
@@ -212,7 +210,6 @@ def begin(trainer, resume: bool) -> None:
 def preflight(cfg: Config, resume: bool) -> None:
     """Before any model loads: the output directory can take the run, a resume can continue it, local model
     paths exist. Raises ConfigError / FileNotFoundError naming the setting."""
-    from red_rlhf.config import reward_sources
     from red_rlhf.models.build import import_function
     from red_rlhf.models.paths import check_model_path, writable_dir
     from red_rlhf.training import checkpoint
@@ -226,9 +223,7 @@ def preflight(cfg: Config, resume: bool) -> None:
     if cfg.policy.name_or_path != "toy":
         check_model_path(cfg.policy.name_or_path, "policy.name_or_path")
     sources = reward_sources(cfg)
-    short = len(sources) == 1 and sources[0].name == "reward"  # the one-source short form: reward.model, ...
-    for i, source in enumerate(sources):
-        where = "reward" if short else f"reward.sources[{i}]"
+    for where, source in zip(source_paths([s.name for s in sources]), sources):
         if source.model is not None:
             check_model_path(source.model, f"{where}.model")
         if source.function is not None:  # a missing module or a syntax error, before the policy loads

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from red_rlhf.config import ConfigError
 from red_rlhf.core.masks import pad_rows, position_ids
 from red_rlhf.models.sources import TokenBatch
 
@@ -59,6 +60,14 @@ class Rollout:
         return ids, mask, position_ids(mask)
 
 
+class PromptError(ValueError):
+    """One prompt the policy cannot take: `index` is its place in the list, `problem` what is wrong with it."""
+
+    def __init__(self, index: int, problem: str):
+        super().__init__(f"prompt {index} {problem}")
+        self.index, self.problem = index, problem
+
+
 def encode_prompts(tokenizer, prompts: list[str], *, max_tokens: int, chat_template: bool = False):
     """Left-padded prompt ids and mask, (B, P). Empty or over-long prompts are errors, never silently cut."""
     if not prompts:
@@ -66,18 +75,16 @@ def encode_prompts(tokenizer, prompts: list[str], *, max_tokens: int, chat_templ
     texts = prompts
     if chat_template:
         if not getattr(tokenizer, "chat_template", None):
-            raise ValueError("policy.chat_template is set but the policy tokenizer has no chat template")
+            raise ConfigError("policy.chat_template is set but the policy tokenizer has no chat template")
         texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
                  for p in prompts]
     encoded = [tokenizer(t, add_special_tokens=not chat_template).input_ids for t in texts]
     for i, ids in enumerate(encoded):
         if not ids:
-            raise ValueError(f"prompt {i} ({prompts[i]!r}) is empty: the policy needs at least one prompt token")
+            raise PromptError(i, f"({prompts[i]!r}) is empty: the policy needs at least one prompt token")
         if len(ids) > max_tokens:
-            raise ValueError(
-                f"prompt {i} has {len(ids)} tokens, more than rollout.max_prompt_tokens={max_tokens}: shorten it "
-                "or raise the limit"
-            )
+            raise PromptError(i, f"has {len(ids)} tokens, more than rollout.max_prompt_tokens={max_tokens}: shorten "
+                                 "it or raise the limit")
     return pad_rows(encoded, tokenizer.pad_token_id, side="left")
 
 

@@ -51,15 +51,14 @@ def flat_config(tree: dict, prefix: str = "") -> dict:
 
 def heatmap_rows(trainer, prompts: list[str], responses: list[str]):
     """Per-token rewards of the first few non-empty responses, from the run's primary reward source."""
-    from red_rlhf.config import primary_source
     from red_rlhf.models.scorer import TokenRewardScorer
 
     r = trainer.cfg.reward
     pairs = [(p, t) for p, t in zip(prompts, responses) if t.strip()][:HEATMAP_SAMPLES]
     if not pairs:
         return []
-    scorer = TokenRewardScorer(trainer.reward, policy_tokenizer=trainer.tokenizer,
-                               scheme=primary_source(trainer.cfg).scheme, beta_c=r.beta_c, first_token=r.first_token,
+    scorer = TokenRewardScorer(trainer.primary.reward, policy_tokenizer=trainer.tokenizer,
+                               scheme=trainer.primary.config.scheme, beta_c=r.beta_c, first_token=r.first_token,
                                abc_beta=r.abc_beta)
     return scorer.score(*zip(*pairs))
 

@@ -81,8 +81,7 @@ class Trainer:
         distributed = self.acc.num_processes > 1 or self.acc.distributed_type != DistributedType.NO
         self.first_step_reuses_rollout = first_step_reuses_rollout(cfg, distributed)  # ppo.first_step_reuses_rollout
         run = build_run(cfg)
-        self.tokenizer, self.ref, self.sources = run.tokenizer, run.reference, run.sources
-        self.reward = run.primary.reward  # what evaluation reports
+        self.tokenizer, self.ref, self.sources, self.primary = run.tokenizer, run.reference, run.sources, run.primary
         self.policy_sched, self.critic_sched = run.policy_sched, run.critic_sched
         self.memory = memory.estimate_for(cfg, run.policy, run.critic, [s.reward for s in run.sources], self.acc)
         place_frozen(run, self.acc.device)
@@ -325,8 +324,7 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):  # evaluation must not move the training RNG (resume equivalence)
             torch.manual_seed(self.cfg.train.seed + 12345)
             ro = self.rollout(prompts, samples_per_prompt=1)
-            primary = next(s for s in self.sources if s.config.kind == "reward")
-            scores = self.score(ro, sources=[primary])[primary.name]
+            scores = self.score(ro, sources=[self.primary])[self.primary.name]
         last = ro.response_mask.sum(-1).cpu() - 1
         final = scores.tokens[torch.arange(len(ro)), last].tolist()
         texts = ro.token_batch(self.tokenizer).texts()[0]
