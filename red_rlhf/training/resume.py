@@ -80,10 +80,7 @@ def checkpoint_step(path: Path) -> int:
 def settings_at(out: Path, step: int) -> dict | None:
     """The settings the run's checkpoint of `step` was written under, or None when the run left no record."""
     earlier = [e for e in read_history(out) if e["step"] < step]
-    if earlier:
-        return earlier[-1]["settings"]
-    legacy = Path(out) / "config.json"  # runs started before the history existed
-    return json.loads(legacy.read_text(encoding="utf-8")) if legacy.is_file() else None
+    return earlier[-1]["settings"] if earlier else None
 
 
 def changed_settings(before: dict, cfg: Config) -> dict[str, tuple[object, object]]:
