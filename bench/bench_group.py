@@ -44,7 +44,7 @@ def config_for(task: str, scheme: str, algorithm: str, steps: int, seed: int, k:
     from red_rlhf.config import load_config
 
     common = [f"--reward.scheme={scheme}", f"--train.steps={steps}", f"--train.seed={seed}", "--train.save_every=0",
-              "--train.eval_every=0", "--train.tensorboard=false", f"--train.output_dir={out}"]
+              "--train.eval_every=0", "--train.log_with=", f"--train.output_dir={out}"]
     if task == "toy":
         base = load_config("configs/toy.yaml", ["--data.eval_size=0"])
         extra = grpo_overrides(base.rollout.batch_size, k) if algorithm == "grpo" else []

@@ -246,8 +246,6 @@ class TrainConfig:
     keep_checkpoints: int = 2
     """How many step checkpoints to keep, the newest by step (>= 1). 2: the newest and one to resume from should
     the newest be damaged. Each holds what training changes (with LoRA: adapters, critic, optimiser states)."""
-    tensorboard: bool = True
-    """Log to TensorBoard (when installed); false drops "tensorboard" from log_with."""
     log_with: list[str] = field(default_factory=lambda: ["tensorboard"])
     """accelerate trackers to log metrics, the config and eval heatmaps to: any of "tensorboard", "wandb", "mlflow",
     "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio"; several at once; [] logs to metrics.jsonl only."""
@@ -606,7 +604,15 @@ def _build(name: str, cls, value):
     return obj
 
 
+REMOVED_KEYS = {
+    "train.tensorboard": "drop 'tensorboard' from train.log_with (train.log_with: [] logs to metrics.jsonl only)",
+}
+"""Keys the config no longer has, with what replaces each: a file or override that still sets one is told so."""
+
+
 def _apply(cfg: Config, section: str, key: str, value) -> None:
+    if f"{section}.{key}" in REMOVED_KEYS:
+        raise ConfigError(f"{section}.{key} was removed: {REMOVED_KEYS[f'{section}.{key}']}")
     sections = {f.name: f for f in dataclasses.fields(Config)}
     if section not in sections:
         raise ConfigError(f"unknown config section {section!r}; sections are {sorted(sections)}")

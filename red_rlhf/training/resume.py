@@ -33,7 +33,7 @@ RESUMABLE = {
     "algo.entropy_coef", "algo.gamma", "algo.lam", "algo.whiten_advantages", "algo.whiten_rewards",
     "algo.max_grad_norm", "algo.target_kl", "lagrangian.lr", "rollout.temperature", "rollout.top_p",
     "rollout.max_new_tokens", "train.steps", "train.save_every", "train.eval_every", "train.keep_checkpoints",
-    "train.tensorboard", "train.output_dir",  # a run directory may be moved
+    "train.log_with", "train.output_dir",  # a run directory may be moved
 }
 """Settings that may differ from those the checkpoint was written under; every other one is refused."""
 
