@@ -19,6 +19,7 @@ One seed and a few steps are a first look, not a comparison of learning (bench/b
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import statistics
@@ -58,10 +59,10 @@ def config_for(task: str, scheme: str, algorithm: str, steps: int, seed: int, k:
     finally:
         sys.path.pop(0)
     data, policy, rm = demo_cache(cache_dir)
-    s = DemoSettings(cache_dir=cache_dir, output_dir=str(out), reward_scheme=scheme, steps=steps, rl_seed=seed)
+    s = DemoSettings(cache_dir=cache_dir, output_dir=str(out), overrides=tuple(common))
     base = train_config(s, data, policy, rm, out)
     extra = grpo_overrides(base.rollout.batch_size, k) if algorithm == "grpo" else []
-    return train_config(s, data, policy, rm, out, extra=tuple(common[3:] + extra))
+    return train_config(dataclasses.replace(s, overrides=tuple(common + extra)), data, policy, rm, out)
 
 
 def run_one(name: str, args) -> dict:
