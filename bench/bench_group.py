@@ -19,6 +19,7 @@ One seed and a few steps are a first look, not a comparison of learning (bench/b
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import statistics
@@ -44,7 +45,7 @@ def config_for(task: str, scheme: str, algorithm: str, steps: int, seed: int, k:
     from red_rlhf.config import load_config
 
     common = [f"--reward.scheme={scheme}", f"--train.steps={steps}", f"--train.seed={seed}", "--train.save_every=0",
-              "--train.eval_every=0", "--train.tensorboard=false", f"--train.output_dir={out}"]
+              "--train.eval_every=0", "--train.log_with=", f"--train.output_dir={out}"]
     if task == "toy":
         base = load_config("configs/toy.yaml", ["--data.eval_size=0"])
         extra = grpo_overrides(base.rollout.batch_size, k) if algorithm == "grpo" else []
@@ -58,10 +59,10 @@ def config_for(task: str, scheme: str, algorithm: str, steps: int, seed: int, k:
     finally:
         sys.path.pop(0)
     data, policy, rm = demo_cache(cache_dir)
-    s = DemoSettings(cache_dir=cache_dir, output_dir=str(out), reward_scheme=scheme, steps=steps, rl_seed=seed)
+    s = DemoSettings(cache_dir=cache_dir, output_dir=str(out), overrides=tuple(common))
     base = train_config(s, data, policy, rm, out)
     extra = grpo_overrides(base.rollout.batch_size, k) if algorithm == "grpo" else []
-    return train_config(s, data, policy, rm, out, extra=tuple(common[3:] + extra))
+    return train_config(dataclasses.replace(s, overrides=tuple(common + extra)), data, policy, rm, out)
 
 
 def run_one(name: str, args) -> dict:

@@ -200,12 +200,12 @@ def train_run(spec: RunSpec, cache_dir: str, work: Path, eval_every: int, eval_p
     wall, cpu, commit = time.perf_counter(), time.process_time(), _commit()  # the code this run starts with
     out = work / spec.name
     shutil.rmtree(out, ignore_errors=True)  # an interrupted run starts over
-    s = DemoSettings(cache_dir=cache_dir, output_dir=str(out), reward_scheme=spec.scheme, steps=spec.steps,
-                     rl_seed=spec.seed)
+    s = DemoSettings(cache_dir=cache_dir, output_dir=str(out), overrides=(
+        f"--reward.scheme={spec.scheme}", f"--train.steps={spec.steps}", f"--train.seed={spec.seed}", *spec.overrides()))
     data, policy, rm = demo_cache(cache_dir)
     if spec.arm:
         data = study_data(cache_dir)
-    cfg = train_config(s, data, policy, rm, out, extra=spec.overrides())
+    cfg = train_config(s, data, policy, rm, out)
     trainer = Trainer(cfg)
     prompts = read_prompts(str(data / "prompts_eval.txt"), "demo eval prompts")[:eval_prompts]
     evals = [evaluate(trainer, prompts, gold)]

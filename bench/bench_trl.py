@@ -162,7 +162,7 @@ def run_ours(args: argparse.Namespace, scheme: str, models: Path, out: Path) -> 
     a.mini_batch_size, a.grad_accum = args.batch // args.mini_batches, 1
     a.policy_lr = a.critic_lr = args.lr
     cfg.train.steps, cfg.train.seed = args.warmup + args.steps, args.seed
-    cfg.train.output_dir, cfg.train.save_every, cfg.train.tensorboard = str(out / "run"), 0, False
+    cfg.train.output_dir, cfg.train.save_every, cfg.train.log_with = str(out / "run"), 0, []
     trainer = Trainer(validate(cfg))
     ends = []  # (time, peak RSS) at the end of each step, through the trainer's public hook
     trainer.on_step_end.append(lambda metrics: ends.append((time.perf_counter(), _peak_bytes())))

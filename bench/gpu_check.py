@@ -70,7 +70,7 @@ def trainer_run(out: Path, policy_dir: Path, reward_dir: Path, args) -> dict:
     overrides = [
         f"--policy.name_or_path={policy_dir}", f"--reward.model={reward_dir}", "--reward.scheme=red",
         "--algo.critic_init=policy", "--data.prompts=toy", "--data.eval_size=0", f"--train.steps={args.steps}",
-        "--train.save_every=0", "--train.tensorboard=false", f"--train.output_dir={out / 'run'}",
+        "--train.save_every=0", "--train.log_with=", f"--train.output_dir={out / 'run'}",
         f"--rollout.batch_size={args.batch}", f"--rollout.max_new_tokens={args.new_tokens}", "--algo.epochs=2",
         *LAYOUTS[args.layout](args.batch),
         f"--precision.policy_dtype={args.trained_dtype}", "--precision.reference_dtype=bf16",

@@ -147,20 +147,58 @@ def cmd_prepare_data(args: argparse.Namespace) -> None:
           f"{out}/prompts_eval.txt; licence: {out}/LICENSE-vaderSentiment.txt")
 
 
-def cmd_demo(args: argparse.Namespace) -> None:
+DEMO_RENAMED = {"--steps": "train.steps", "--reward-scheme": "reward.scheme", "--policy-lr": "algo.policy_lr",
+                "--temperature": "rollout.temperature", "--rl-seed": "train.seed"}
+"""`red-rlhf demo` flags of training settings, whose one spelling is their configs/demo.yaml key: each still works,
+with a notice."""
+
+
+def cmd_demo(args: argparse.Namespace, overrides: list[str]) -> None:
+    import dataclasses
+
     from red_rlhf.demo import DemoSettings, run_demo
 
-    given = {k: v for k, v in vars(args).items() if k in DemoSettings.__dataclass_fields__ and v is not None}
-    for key in ("rm_pairs", "rm_keep_layers", "rm_trainable_layers"):  # "all" on the command line: None
-        if given.get(key) == "all":
-            given[key] = None
-    given["rm_all_positions"] = not args.rm_final_only
-    run_demo(DemoSettings(**given))
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(DemoSettings) if hasattr(args, f.name)}
+    renamed = []
+    for flag, key in DEMO_RENAMED.items():
+        if hasattr(args, flag):
+            value = getattr(args, flag)
+            print(f"red-rlhf demo: {flag} {value} is spelled --{key}={value} now (the training setting's key, as on "
+                  "red-rlhf train)", file=sys.stderr)
+            renamed.append(f"--{key}={value}")
+    run_demo(DemoSettings(**given, overrides=tuple(renamed + overrides)))  # the new spelling wins over the old
 
 
-def _count_or_all(text: str):
+def _add_demo_flags(parser: argparse.ArgumentParser) -> None:
+    """A flag per DemoSettings field (rm_pairs: --rm-pairs), its help the field's; only the flags given reach
+    DemoSettings, so every other setting keeps its default."""
+    import dataclasses
+    import typing
+
+    from red_rlhf.demo import DemoSettings
+
+    kinds = typing.get_type_hints(DemoSettings)
+    fields = [f for f in dataclasses.fields(DemoSettings) if "help" in f.metadata]
+    for f in sorted(fields, key=lambda f: f.name.startswith("rm_")):  # the reward model's settings last
+        flag, kind = "--" + f.name.replace("_", "-"), kinds[f.name]
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=f"{f.metadata['help']} (default {'yes' if f.default else 'no'})")
+        elif kind == int | None:
+            parser.add_argument(flag, type=_count_or_all, default=argparse.SUPPRESS,
+                                help=f"{f.metadata['help']} (default {'all' if f.default is None else f.default})")
+        else:
+            shown = "" if f.default is None else f" (default {f.default})"
+            parser.add_argument(flag, type=kind if kind in (int, float) else str, default=argparse.SUPPRESS,
+                                help=f"{f.metadata['help']}{shown}")
+    for flag in DEMO_RENAMED:
+        parser.add_argument(flag, dest=flag, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def _count_or_all(text: str) -> int | None:
+    """A command-line count, or 'all' (None: no limit)."""
     if text == "all":
-        return text
+        return None
     try:
         value = int(text)
     except ValueError:
@@ -335,36 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--margin", type=float, default=1.0, help="least rating difference of a preference pair (-4..4 scale)")
     prep.set_defaults(func=cmd_prepare_data)
 
-    demo = sub.add_parser("demo", help="data -> reward model -> RED-PPO -> evaluation -> OUTPUT_DIR/report.html")
-    from red_rlhf.demo import DemoSettings
-
-    d = DemoSettings()
-    demo.add_argument("--cache-dir", help=f"downloads, prepared data, converted and trained models (default {d.cache_dir})")
-    demo.add_argument("--output-dir", help=f"report.html, summary.json, training run (default {d.output_dir})")
-    demo.add_argument("--policy", help="HF causal LM name/path (trained with LoRA), 'smollm2' (packaged "
-                      f"SmolLM2-135M-Instruct) or 'tiny' (a random toy, for trying the pipeline) (default {d.policy})")
-    demo.add_argument("--rm-backbone", help=f"HF decoder name/path for the reward model, 'smollm2' or 'tiny' "
-                      f"(default {d.rm_backbone})")
-    demo.add_argument("--reward-scheme", choices=SCHEMES, help="token rewards for PPO (default: configs/demo.yaml's reward.scheme)")
-    demo.add_argument("--steps", type=int, help="PPO steps (default: configs/demo.yaml's train.steps)")
-    demo.add_argument("--rm-pairs", type=_count_or_all, help=f"reward-model training pairs, or 'all' (default {d.rm_pairs})")
-    demo.add_argument("--rm-keep-layers", type=_count_or_all,
-                      help=f"cut the reward model's trunk to its first N blocks, or 'all' (default {d.rm_keep_layers})")
-    demo.add_argument("--rm-trainable-layers", type=_count_or_all,
-                      help="0: train the score head alone on a frozen trunk (fast); N: the last N blocks too; 'all': "
-                           f"every weight (default {d.rm_trainable_layers})")
-    demo.add_argument("--rm-final-only", action="store_true",
-                      help="train the reward model on final scores only (holistic), not on every position after the "
-                           "responses diverge")
-    demo.add_argument("--policy-lr", type=float,
-                      help="learning rate of the LoRA adapters (default: configs/demo.yaml's algo.policy_lr)")
-    demo.add_argument("--temperature", type=float,
-                      help="sampling temperature (default: configs/demo.yaml's rollout.temperature)")
-    demo.add_argument("--eval-prompts", type=int, help=f"held-out prompts evaluated before and after (default {d.eval_prompts})")
-    demo.add_argument("--sdist", help="a local vaderSentiment-3.3.2.tar.gz instead of downloading it with pip")
-    demo.add_argument("--seed", type=int, help="data split, reward model and RL run (default 0)")
-    demo.add_argument("--rl-seed", type=int, help="the RL run alone: same data and reward model (default: --seed)")
-    demo.set_defaults(func=cmd_demo)
+    demo = sub.add_parser("demo", help="data -> reward model -> RED-PPO -> evaluation -> OUTPUT_DIR/report.html",
+                          description="Extra arguments --section.key=value override the training run's settings, "
+                                      "configs/demo.yaml (as on red-rlhf train): e.g. --train.steps=10 "
+                                      "--reward.scheme=sparse --algo.policy_lr=5e-4 --train.seed=1.")
+    _add_demo_flags(demo)
+    demo.set_defaults(func=cmd_demo, takes_overrides=True)
 
     tiny = sub.add_parser("tiny-rm", help="build a tiny random reward model + tokenizer offline (for trying things out)")
     tiny.add_argument("out_dir")

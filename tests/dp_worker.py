@@ -51,7 +51,7 @@ def main(out: str, accelerator=None, algorithm: str = "ppo") -> None:
     grpo = algorithm == "grpo"
     cfg = load_config("configs/toy-grpo.yaml" if grpo else "configs/toy.yaml",
                       ["--rollout.batch_size=8", "--algo.mini_batch_size=8", "--algo.grad_accum=2", "--algo.epochs=1",
-                       "--train.tensorboard=false", *(["--rollout.batch_size=4", "--rollout.samples_per_prompt=2"] if grpo else [])])
+                       "--train.log_with=", *(["--rollout.batch_size=4", "--rollout.samples_per_prompt=2"] if grpo else [])])
     tok = toy_tokenizer()
     policy = toy_policy(tok, seed=0).eval()
     critic = critic_from_policy(policy)

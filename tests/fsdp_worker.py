@@ -35,7 +35,7 @@ def train(out: str, steps: int, resume: bool) -> None:
     from red_rlhf.config import load_config
     from red_rlhf.training.trainer import Trainer
 
-    cfg = load_config("configs/toy.yaml", ["--train.tensorboard=false", "--train.save_every=1", "--data.eval_size=0",
+    cfg = load_config("configs/toy.yaml", ["--train.log_with=", "--train.save_every=1", "--data.eval_size=0",
                                            f"--train.steps={steps}", f"--train.output_dir={out}"])
     trainer = Trainer(cfg, accelerator=fsdp_accelerator())
     sharded = type(next(trainer.policy.parameters())).__name__

@@ -155,10 +155,10 @@ def save_tiny_policy(tokenizer, out) -> str:
 
 
 def toy(tmp_path, *overrides, name="run"):
-    """configs/toy.yaml in tmp_path/name, without tensorboard, evaluation or periodic saves (each overridable)."""
+    """configs/toy.yaml in tmp_path/name, without trackers, evaluation or periodic saves (each overridable)."""
     from red_rlhf.config import load_config
 
-    base = ["--train.tensorboard=false", "--train.eval_every=0", "--data.eval_size=0", "--train.save_every=0",
+    base = ["--train.log_with=", "--train.eval_every=0", "--data.eval_size=0", "--train.save_every=0",
             f"--train.output_dir={tmp_path / name}"]
     return load_config("configs/toy.yaml", base + list(overrides))
 

@@ -69,15 +69,6 @@ def test_a_damaged_file_gets_a_message_naming_it(saved, tmp_path, name, content,
         Trainer(toy(tmp_path, "--train.steps=2", name="run")).load(path)
 
 
-def test_a_pickled_checkpoint_of_the_old_format_is_not_loaded(tmp_path):
-    old = tmp_path / "run" / "checkpoints" / "step-000001"
-    old.mkdir(parents=True)
-    torch.save({"step": 1}, old / "state.pt")
-    (old.parent / "latest").write_text("step-000001\n")
-    with pytest.raises(CheckpointError, match="state.pt.*unpickling can run code"):
-        checkpoint.latest(tmp_path / "run")
-
-
 def test_resuming_with_fewer_processes_names_the_missing_rng_file(saved, tmp_path):
     path = copy_run(saved, tmp_path)
     os.remove(path / "rng-rank0.json")

@@ -96,16 +96,17 @@ def test_unreadable_input_lines(tiny_rm, tmp_path, capsys):
 
 
 def test_demo_arguments_become_its_settings(monkeypatch, capsys):
-    """`red-rlhf demo` flags reach DemoSettings: counts as numbers, 'all' as None, the rest at their defaults."""
+    """`red-rlhf demo` flags reach DemoSettings (counts as numbers, 'all' as None, the rest at their defaults), and
+    --section.key=value arguments become the training run's overrides, as on `red-rlhf train`."""
     import red_rlhf.demo
     from red_rlhf.demo import DemoSettings
 
     ran = []
     monkeypatch.setattr(red_rlhf.demo, "run_demo", ran.append)
-    assert main(["demo", "--rm-pairs", "all", "--rm-keep-layers", "2", "--rm-trainable-layers", "0", "--steps", "3",
-                 "--rm-final-only", "--reward-scheme", "abc", "--rl-seed", "5"]) == 0
-    changed = dict(rm_pairs=None, rm_keep_layers=2, rm_trainable_layers=0, steps=3, rm_all_positions=False,
-                   reward_scheme="abc", rl_seed=5)
+    assert main(["demo", "--rm-pairs", "all", "--rm-keep-layers", "2", "--rm-trainable-layers", "0", "--rm-final-only",
+                 "--seed", "3", "--output-dir", "out", "--train.steps=3", "--reward.scheme=abc"]) == 0
+    changed = dict(rm_pairs=None, rm_keep_layers=2, rm_trainable_layers=0, rm_final_only=True, seed=3,
+                   output_dir="out", overrides=("--train.steps=3", "--reward.scheme=abc"))
     assert ran == [DemoSettings(**changed)]
     assert main(["demo"]) == 0
     assert ran[-1] == DemoSettings()  # no flags: every default
@@ -116,6 +117,32 @@ def test_demo_arguments_become_its_settings(monkeypatch, capsys):
         err = capsys.readouterr().err
         assert flag in err and message in err
     assert len(ran) == 2  # the bad ones never ran
+
+
+def test_demo_flags_of_training_settings_still_work_and_name_their_key(monkeypatch, capsys):
+    """--steps, --reward-scheme, --policy-lr, --temperature and --rl-seed are training settings, spelled by their
+    configs/demo.yaml key now; the old flags become those overrides with a notice, and the new spelling wins."""
+    import red_rlhf.demo
+
+    ran = []
+    monkeypatch.setattr(red_rlhf.demo, "run_demo", ran.append)
+    assert main(["demo", "--steps", "3", "--reward-scheme", "sparse", "--policy-lr", "1e-4", "--temperature=0.9",
+                 "--rl-seed", "5", "--train.steps=4"]) == 0
+    assert ran[-1].overrides == ("--train.steps=3", "--reward.scheme=sparse", "--algo.policy_lr=1e-4",
+                                 "--rollout.temperature=0.9", "--train.seed=5", "--train.steps=4")
+    err = capsys.readouterr().err
+    assert "--steps 3 is spelled --train.steps=3 now" in err and "--rl-seed 5 is spelled --train.seed=5 now" in err
+    assert len(err.splitlines()) == 5  # one line per old flag
+
+
+def test_a_bad_demo_override_fails_before_anything_slow(tmp_path, capsys):
+    """An unknown key or a bad value is one line naming it, before data are prepared or a model trains."""
+    cache = tmp_path / "cache"
+    for override, message in [("--train.stepz=3", "unknown config key train.stepz"),
+                              ("--reward.scheme=dense", "reward.scheme"), ("--train.steps=many", "train.steps must be")]:
+        assert main(["demo", "--cache-dir", str(cache), "--output-dir", str(tmp_path / "out"), override]) == 2
+        assert message in capsys.readouterr().err
+    assert not cache.exists() and not (tmp_path / "out").exists()
 
 
 def test_score_does_not_import_training_or_the_demo_pipeline():

@@ -9,7 +9,7 @@ import pytest
 
 from red_rlhf.cli import main
 
-TRAIN = ["train", "--config", "configs/toy.yaml", "--train.tensorboard=false", "--data.eval_size=0",
+TRAIN = ["train", "--config", "configs/toy.yaml", "--train.log_with=", "--data.eval_size=0",
          "--rollout.batch_size=4", "--algo.mini_batch_size=4", "--algo.epochs=1", "--rollout.max_new_tokens=4"]
 
 

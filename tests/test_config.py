@@ -10,10 +10,10 @@ TOY = ["--reward.function=red_rlhf.data.toy:target_fraction", "--algo.critic_ini
 def test_yaml_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("reward:\n  function: red_rlhf.data.toy:target_fraction\nalgo:\n  critic_init: policy\n  epochs: 2\n")
-    cfg = load_config(str(path), ["--algo.epochs=3", "--kl.coef=0.1", "--algo.target_kl=none", "--train.tensorboard=false",
+    cfg = load_config(str(path), ["--algo.epochs=3", "--kl.coef=0.1", "--algo.target_kl=none", "--train.log_with=",
                                   "--policy.lora_target_modules=c_attn,c_proj"])
     assert cfg.algo.epochs == 3 and cfg.kl.coef == 0.1 and cfg.algo.target_kl is None
-    assert cfg.train.tensorboard is False and cfg.policy.lora_target_modules == ["c_attn", "c_proj"]
+    assert cfg.train.log_with == [] and cfg.policy.lora_target_modules == ["c_attn", "c_proj"]
     assert cfg.reward.function == "red_rlhf.data.toy:target_fraction"
 
 

@@ -175,7 +175,7 @@ def test_log_output_has_no_library_progress_bars_and_phase_counts_match_their_la
     rm = save_tiny_reward_model(tmp_path / "rm")
     capsys.readouterr()
     assert main(["score", "--reward-model", str(rm), "--prompt", "hi", "--response", "there"]) == 0
-    assert main(["train", "--config", "configs/toy.yaml", "--train.tensorboard=false", "--data.eval_size=0",
+    assert main(["train", "--config", "configs/toy.yaml", "--train.log_with=", "--data.eval_size=0",
                  "--train.steps=2", f"--train.output_dir={tmp_path / 'run'}"]) == 0
     printed = capsys.readouterr()
     for bar in ("Loading weights", "Writing model shards", "it/s]"):  # output here is not a terminal: a log file

@@ -46,7 +46,7 @@ def test_grpo_two_processes_take_the_same_step_as_one(tmp_path):
 def test_the_trainer_runs_as_two_processes_and_resumes(tmp_path):
     out = tmp_path / "ddp"
     common = ["-m", "red_rlhf.cli", "train", "--config", "configs/toy.yaml", "--train.save_every=1",
-              "--train.tensorboard=false", f"--train.output_dir={out}"]
+              "--train.log_with=", f"--train.output_dir={out}"]
     torchrun(2, *common, "--train.steps=2")
     torchrun(2, *common, "--train.steps=3", "--resume")
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -60,7 +60,7 @@ def test_the_trainer_runs_as_two_processes_and_resumes(tmp_path):
 def test_a_config_error_under_torchrun_exits_cleanly_with_its_message(tmp_path):
     # the error comes from Trainer() itself (prompt check, after the process group is up), before train() runs
     done = torchrun(2, "-m", "red_rlhf.cli", "train", "--config", "configs/toy.yaml", "--rollout.max_prompt_tokens=1",
-                    "--train.tensorboard=false", f"--train.output_dir={tmp_path / 'bad'}", check=False)
+                    "--train.log_with=", f"--train.output_dir={tmp_path / 'bad'}", check=False)
     assert done.returncode != 0
     # torchrun stops the other process (SIGTERM) once one has failed, so at least one message, not always two
     assert "red-rlhf train: error: data.prompts: the toy prompts: line 1:" in done.stderr, done.stderr[-3000:]

@@ -29,13 +29,40 @@ def test_judge_is_an_independent_sentiment_scorer():
     assert good > 0.3 and bad < -0.3
 
 
-def reduced(tmp_path, **changes) -> DemoSettings:
+def reduced(tmp_path, *overrides, **changes) -> DemoSettings:
     """The demo on tiny models and a fixture in the real data's format: seconds instead of minutes."""
     sdist = fake_sdist(tmp_path / "vaderSentiment-3.3.2.tar.gz", fixture_snippets(1500))
     settings = dict(cache_dir=str(tmp_path / "cache"), output_dir=str(tmp_path / "demo"), policy="tiny",
-                    rm_backbone="tiny", rm_keep_layers=None, steps=2, rm_pairs=64, rm_eval_pairs=32, eval_prompts=4,
-                    heatmaps=2, sdist=str(sdist))
+                    rm_backbone="tiny", rm_keep_layers=None, rm_pairs=64, rm_eval_pairs=32, eval_prompts=4,
+                    heatmaps=2, sdist=str(sdist), overrides=("--train.steps=2", *overrides))
     return DemoSettings(**{**settings, **changes})
+
+
+def test_the_demo_trains_configs_demo_yaml_with_only_its_paths_and_seed_filled_in(tmp_path):
+    """The demo's training run is configs/demo.yaml as written, with the paths and seed the demo fills in; an
+    override on the command line changes its key and nothing else (so the demo's numbers follow the file)."""
+    from red_rlhf.config import from_dict, read_yaml, to_dict, validate
+    from red_rlhf.demo.pipeline import train_config
+
+    data, policy, rm, out = tmp_path / "data", str(tmp_path / "smollm2"), tmp_path / "rm", tmp_path / "demo"
+
+    def expected(seed: int, keys: dict | None = None) -> dict:
+        cfg = from_dict(read_yaml("demo"))
+        cfg.policy.name_or_path, cfg.reward.model, cfg.data.prompts = policy, str(rm), str(data / "prompts_train.txt")
+        cfg.train.output_dir, cfg.train.seed = str(out / "train"), seed
+        for key, value in (keys or {}).items():
+            section, name = key.split(".")
+            setattr(getattr(cfg, section), name, value)
+        return to_dict(validate(cfg))
+
+    def resolved(**settings) -> dict:
+        return to_dict(train_config(DemoSettings(**settings), data, policy, rm, out))
+
+    assert resolved() == expected(DemoSettings().seed)
+    assert resolved(overrides=("--reward.scheme=sparse",)) == expected(DemoSettings().seed, {"reward.scheme": "sparse"})
+    # --seed moves data, reward model and RL run; --train.seed=N the RL run alone
+    assert resolved(seed=3) == expected(3)
+    assert resolved(seed=3, overrides=("--train.seed=5", "--train.steps=7")) == expected(5, {"train.steps": 7})
 
 
 def test_reduced_demo_produces_every_report_section(tmp_path, drawn_figures, finished_bars):
@@ -60,7 +87,7 @@ def test_reduced_demo_produces_every_report_section(tmp_path, drawn_figures, fin
     run_demo(settings)  # a second run reuses the cached data and reward model
     # the other ways to train the reward model (the last block + head, every weight) and the other schemes
     for trainable, scheme in ((1, "sparse"), (None, "abc")):
-        report = run_demo(reduced(tmp_path, rm_trainable_layers=trainable, rm_all_positions=False, reward_scheme=scheme))
+        report = run_demo(reduced(tmp_path, f"--reward.scheme={scheme}", rm_trainable_layers=trainable, rm_final_only=True))
         page = Sections()
         page.feed(report.read_text())
         assert page.tokens > 0, scheme

@@ -12,7 +12,7 @@ from red_rlhf.training.rollout import Rollout
 from red_rlhf.training.trainer import Trainer
 from tests.helpers import die_during_step
 
-BASE = ["--train.tensorboard=false", "--train.eval_every=0", "--data.eval_size=0", "--train.save_every=0"]
+BASE = ["--train.log_with=", "--train.eval_every=0", "--data.eval_size=0", "--train.save_every=0"]
 
 
 def grpo(tmp_path, *overrides, name="grpo"):

@@ -10,7 +10,7 @@ from red_rlhf.training.guards import NonFiniteError
 from red_rlhf.training.ppo import compute_advantages, update
 from red_rlhf.training.trainer import Trainer
 
-SMALL = ["--train.tensorboard=false", "--train.eval_every=0", "--data.eval_size=0", "--rollout.batch_size=4",
+SMALL = ["--train.log_with=", "--train.eval_every=0", "--data.eval_size=0", "--rollout.batch_size=4",
          "--algo.mini_batch_size=4", "--algo.epochs=1", "--rollout.max_new_tokens=4", "--train.save_every=1", "--train.steps=2"]
 
 

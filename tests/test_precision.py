@@ -48,7 +48,7 @@ def first_step_losses(precision: dict) -> dict[str, float]:
     from red_rlhf.models.precision import torch_dtype
 
     cfg = load_config("configs/toy.yaml", ["--rollout.batch_size=8", "--algo.mini_batch_size=8", "--algo.grad_accum=2",
-                                           "--algo.epochs=1", "--train.tensorboard=false"]
+                                           "--algo.epochs=1", "--train.log_with="]
                       + [f"--precision.{k}={v}" for k, v in precision.items()])
     tok, policy, critic = toy_models()
     ro, rewards = global_batch(policy, critic, tok)

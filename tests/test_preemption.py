@@ -121,7 +121,7 @@ def test_two_trainers_on_one_folder_and_a_sigterm_to_the_cli(tmp_path, capsys):
     from red_rlhf.cli import main
 
     out = tmp_path / "run"
-    common = ["--train.tensorboard=false", "--train.eval_every=0", "--data.eval_size=0", "--train.save_every=0",
+    common = ["--train.log_with=", "--train.eval_every=0", "--data.eval_size=0", "--train.save_every=0",
               f"--train.output_dir={out}"]
     child = _cli(*common, "--train.steps=400")
     try:
@@ -155,7 +155,7 @@ def test_under_torchrun_a_sigterm_to_one_rank_stops_every_rank_after_the_same_st
 
     out = tmp_path / "ddp"
     done = torchrun(2, "tests/stop_worker.py", "train", "--config", "configs/toy.yaml", "--train.save_every=0",
-                    "--train.tensorboard=false", "--train.steps=5", f"--train.output_dir={out}", check=False)
+                    "--train.log_with=", "--train.steps=5", f"--train.output_dir={out}", check=False)
     assert "exitcode  : 75" in done.stderr, done.stderr[-3000:]
     assert "SIGTERM: stopped after step 2; checkpoint" in done.stdout, done.stdout[-3000:]
     assert checkpoint.latest(out).name == "step-000002"  # rank 0 never got the signal, and saved with rank 1
@@ -223,7 +223,7 @@ def test_a_missing_empty_or_wrong_latest_resumes_from_the_newest_step_saying_so(
     {"delete": lambda: pointer.unlink(), "empty": lambda: pointer.write_text("\n"),
      "missing-step": lambda: pointer.write_text("step-000009\n"),
      "garbage": lambda: pointer.write_text("no idea\n")}[damage]()
-    args = ["train", "--config", "configs/toy.yaml", "--train.tensorboard=false", "--train.eval_every=0",
+    args = ["train", "--config", "configs/toy.yaml", "--train.log_with=", "--train.eval_every=0",
             "--data.eval_size=0", "--train.save_every=1", "--train.keep_checkpoints=3", f"--train.output_dir={out}"]
     # a fresh start would log over the old rows and rotate the old checkpoints away: refused even without `latest`
     assert main(args + ["--train.steps=4"]) == 2

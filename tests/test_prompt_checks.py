@@ -7,7 +7,7 @@ import pytest
 from red_rlhf.config import ConfigError, load_config
 from red_rlhf.training.trainer import Trainer
 
-BASE = ["--train.tensorboard=false", "--data.eval_size=0", "--rollout.batch_size=2", "--algo.mini_batch_size=2",
+BASE = ["--train.log_with=", "--data.eval_size=0", "--rollout.batch_size=2", "--algo.mini_batch_size=2",
         "--rollout.max_prompt_tokens=8"]
 
 

@@ -10,7 +10,7 @@ from red_rlhf.training import checkpoint
 from red_rlhf.training.resume import HISTORY, RESUMABLE, check_resume, drop_rows_after
 from red_rlhf.training.trainer import Trainer
 
-SMALL = ["--train.tensorboard=false", "--train.eval_every=0", "--data.eval_size=0", "--rollout.batch_size=4",
+SMALL = ["--train.log_with=", "--train.eval_every=0", "--data.eval_size=0", "--rollout.batch_size=4",
          "--algo.mini_batch_size=4", "--algo.epochs=1", "--rollout.max_new_tokens=4"]
 
 

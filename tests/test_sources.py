@@ -13,7 +13,7 @@ from tests.helpers import check_curves
 
 
 def cost_run(tmp_path, *overrides, name="run", cost_weight=None):
-    base = ["--train.tensorboard=false", "--train.eval_every=0", "--data.eval_size=0", "--train.save_every=0",
+    base = ["--train.log_with=", "--train.eval_every=0", "--data.eval_size=0", "--train.save_every=0",
             f"--train.output_dir={tmp_path / name}"]
     cfg = load_config("configs/toy-cost.yaml", base + list(overrides))
     if cost_weight is not None:

@@ -72,8 +72,16 @@ def test_log_with_errors_name_the_tracker(tmp_path, monkeypatch):
     monkeypatch.setattr(accelerate.tracking, "get_available_trackers", lambda: ["tensorboard"])
     with pytest.raises(ConfigError, match=r"train.log_with: tracker 'comet_ml' needs its package.*pip install comet-ml"):
         Trainer(cfg(tmp_path, "--train.log_with=tensorboard,comet_ml"))
-    trainer = Trainer(cfg(tmp_path, "--train.tensorboard=false"))  # the old switch still drops TensorBoard
-    assert trainer.acc.log_with == []
+
+
+def test_the_removed_tensorboard_switch_names_its_replacement(tmp_path):
+    message = r"train.tensorboard was removed: drop 'tensorboard' from train.log_with \(train.log_with: \[\]"
+    with pytest.raises(ConfigError, match=message):
+        load_config("configs/toy.yaml", ["--train.tensorboard=false"])
+    old = tmp_path / "old.yaml"
+    old.write_text("base: toy\ntrain:\n  tensorboard: false\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(str(old))
 
 
 def test_mlflow_gets_params_metrics_and_the_heatmap_page(tmp_path, monkeypatch):

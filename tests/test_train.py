@@ -38,7 +38,7 @@ def test_reward_rises_and_weights_change(tmp_path, scheme):
 
 
 def test_rloo_trains_without_a_critic(tmp_path):
-    cfg = load_config("configs/toy-rloo.yaml", ["--train.tensorboard=false", "--data.eval_size=0", "--train.steps=3",
+    cfg = load_config("configs/toy-rloo.yaml", ["--train.log_with=", "--data.eval_size=0", "--train.steps=3",
                                                 "--train.save_every=0", f"--train.output_dir={tmp_path / 'rloo'}"])
     trainer = Trainer(cfg)
     assert trainer.critic is None

@@ -10,6 +10,6 @@ from red_rlhf.config.load import (  # noqa: F401
 from red_rlhf.config.schema import (  # noqa: F401
     INPUT_FORMATS, SCORING_MODES, SOURCE_SHORTHAND, AlgoConfig, Config, ConfigError, DataConfig, KLConfig,
     LagrangianConfig, PolicyConfig, PrecisionConfig, RewardConfig, RolloutConfig, SourceConfig, TrainConfig,
-    primary_source, reward_settings, reward_sources, source_paths,
+    primary_source, reward_sources, source_paths,
 )
 from red_rlhf.config.validate import DTYPE_NAMES, TEMPERATURE_RANGE, validate  # noqa: F401

@@ -66,7 +66,15 @@ def _build(name: str, cls, value):
     return obj
 
 
+REMOVED_KEYS = {
+    "train.tensorboard": "drop 'tensorboard' from train.log_with (train.log_with: [] logs to metrics.jsonl only)",
+}
+"""Keys the config no longer has, with what replaces each: a file or override that still sets one is told so."""
+
+
 def _apply(cfg: Config, section: str, key: str, value) -> None:
+    if f"{section}.{key}" in REMOVED_KEYS:
+        raise ConfigError(f"{section}.{key} was removed: {REMOVED_KEYS[f'{section}.{key}']}")
     sections = {f.name: f for f in dataclasses.fields(Config)}
     if section not in sections:
         raise ConfigError(f"unknown config section {section!r}; sections are {sorted(sections)}")

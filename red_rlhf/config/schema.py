@@ -237,8 +237,6 @@ class TrainConfig:
     keep_checkpoints: int = 2
     """How many step checkpoints to keep, the newest by step (>= 1). 2: the newest and one to resume from should
     the newest be damaged. Each holds what training changes (with LoRA: adapters, critic, optimiser states)."""
-    tensorboard: bool = True
-    """Log to TensorBoard (when installed); false drops "tensorboard" from log_with."""
     log_with: list[str] = field(default_factory=lambda: ["tensorboard"])
     """accelerate trackers to log metrics, the config and eval heatmaps to: any of "tensorboard", "wandb", "mlflow",
     "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio"; several at once; [] logs to metrics.jsonl only."""

@@ -6,7 +6,7 @@
 4 evaluate    held-out prompts before and after: the training reward model and an independent judge (VADER)
 5 report      curves, a before/after table and per-token reward heatmaps in one self-contained page
 
-This module is light (the command line reads DemoSettings for its help); the pipeline lives in `demo.pipeline`.
+This module is light (the command line reads DemoSettings for its flags); the pipeline lives in `demo.pipeline`.
 """
 
 from __future__ import annotations
@@ -14,30 +14,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from red_rlhf.models.packaged import DEFAULT_CACHE, DEMO_REWARD_MODEL
+from red_rlhf.models.packaged import DEFAULT_CACHE, DemoRewardModel, setting
 
 
 @dataclass
-class DemoSettings:
-    cache_dir: str = DEFAULT_CACHE
-    output_dir: str = "runs/demo"
-    policy: str = "smollm2"  # HF causal LM name/path, "smollm2" (packaged SmolLM2-135M-Instruct) or "tiny" (noise)
-    rm_backbone: str = DEMO_REWARD_MODEL["backbone"]  # HF decoder name/path for the reward model, "smollm2" or "tiny"
-    reward_scheme: str | None = None  # None: configs/demo.yaml's reward.scheme
-    steps: int | None = None  # None: configs/demo.yaml's train.steps
-    rm_pairs: int | None = DEMO_REWARD_MODEL["pairs"]  # use only the first N training pairs (None: all)
-    rm_keep_layers: int | None = DEMO_REWARD_MODEL["keep_layers"]  # cut the trunk to its first N blocks (None: all)
-    rm_trainable_layers: int | None = DEMO_REWARD_MODEL["trainable_layers"]  # 0: head only; N: last N blocks; None: all
-    rm_all_positions: bool = DEMO_REWARD_MODEL["all_positions"]  # train every position after chosen/rejected diverge
-    rm_epochs: int = DEMO_REWARD_MODEL["epochs"]  # when blocks train (rm_trainable_layers != 0)
-    rm_eval_pairs: int = 256  # held-out pairs for the accuracy check
-    policy_lr: float | None = None  # None: configs/demo.yaml's algo.policy_lr (LoRA adapters, or the whole tiny policy)
-    temperature: float | None = None  # None: configs/demo.yaml's rollout.temperature
-    eval_prompts: int = 64
-    heatmaps: int = 4
-    sdist: str | None = None  # a local vaderSentiment sdist instead of pip download
-    seed: int = DEMO_REWARD_MODEL["seed"]  # data split, reward model and (unless rl_seed) the RL run
-    rl_seed: int | None = None  # the RL run alone (prompt order, sampling, LoRA init): same data and reward model
+class DemoSettings(DemoRewardModel):
+    """Everything `red-rlhf demo` can be told, each setting once: how its reward model is trained (DemoRewardModel),
+    the rest of the pipeline below, and `overrides` of the training run, whose settings are configs/demo.yaml's.
+    Every field but `overrides` is a flag of `red-rlhf demo` (--rm-pairs for rm_pairs; 'all' for None)."""
+
+    cache_dir: str = setting(DEFAULT_CACHE, "downloads, prepared data, converted and trained models")
+    output_dir: str = setting("runs/demo", "report.html, summary.json and the training run (OUTPUT_DIR/train)")
+    policy: str = setting("smollm2", "HF causal LM name/path (trained with LoRA), 'smollm2' (the packaged "
+                          "SmolLM2-135M-Instruct) or 'tiny' (a random toy, for trying the pipeline)")
+    rm_eval_pairs: int = setting(256, "held-out preference pairs for the reward model's accuracy")
+    eval_prompts: int = setting(64, "held-out prompts evaluated before and after training")
+    heatmaps: int = setting(4, "responses shown as per-token reward heatmaps in the report")
+    sdist: str | None = setting(None, "a local vaderSentiment-3.3.2.tar.gz instead of downloading it with pip")
+    overrides: tuple[str, ...] = ()
+    """The training run's settings over configs/demo.yaml, as on `red-rlhf train`: "--section.key=value" (e.g.
+    "--train.steps=10", "--reward.scheme=sparse"). They come after the paths and seed the demo fills in, so they win."""
 
 
 def run_demo(s: DemoSettings) -> Path:

@@ -14,7 +14,6 @@ from red_rlhf.data.prompts import read_prompts
 from red_rlhf.data.sentiment import prepare
 from red_rlhf.demo import DemoSettings, judge
 from red_rlhf.demo.report import report_html
-from red_rlhf.models.packaged import reward_model_dir as cached_reward_model_dir
 from red_rlhf.models.scorer import TokenRewardScorer
 from red_rlhf.models.sources import HFRewardModel
 from red_rlhf.report.plots import plot_run
@@ -45,9 +44,7 @@ def _resolve(name: str, cache: Path) -> str:
 
 def reward_model_dir(s: DemoSettings, data: Path, cache: Path) -> tuple[Path, dict]:
     """Train the reward model once per setting; later runs load it from the cache."""
-    out = cached_reward_model_dir(cache, backbone=s.rm_backbone, pairs=s.rm_pairs, keep_layers=s.rm_keep_layers,
-                                  trainable_layers=s.rm_trainable_layers, all_positions=s.rm_all_positions,
-                                  epochs=s.rm_epochs, seed=s.seed)
+    out = s.folder(cache)
     if (out / "rm_metrics.json").is_file():
         print(f"reward model found in {out} (cached)")
         return out, json.loads((out / "rm_metrics.json").read_text())
@@ -65,7 +62,7 @@ def reward_model_dir(s: DemoSettings, data: Path, cache: Path) -> tuple[Path, di
         train_only_last_layers(model, s.rm_trainable_layers)
     # a trunk frozen whole (0) trains the score head alone on features computed once (seconds)
     metrics = fit_reward_model(model, tok, train, held_out, head_only=s.rm_trainable_layers == 0,
-                               all_positions=s.rm_all_positions, max_length=512, seed=s.seed, epochs=s.rm_epochs,
+                               all_positions=not s.rm_final_only, max_length=512, seed=s.seed, epochs=s.rm_epochs,
                                lr=1e-3 if s.rm_backbone == "tiny" else 1e-5, batch_size=16)
     print(f"reward model: held-out pairwise accuracy {metrics['accuracy_before']:.3f} -> {metrics['accuracy_after']:.3f} "
           f"({len(held_out)} pairs)")
@@ -73,21 +70,16 @@ def reward_model_dir(s: DemoSettings, data: Path, cache: Path) -> tuple[Path, di
     return save_reward_model(model, tok, out, metrics), metrics
 
 
-def train_config(s: DemoSettings, data: Path, policy: str, rm: Path, out: Path, extra: tuple[str, ...] = ()) -> Config:
-    """configs/demo.yaml, with this demo's paths and seed, the settings given on the command line, then `extra`
-    overrides ("--section.key=value", as on `red-rlhf train`'s command line; bench/bench_learning.py uses them)."""
+def train_config(s: DemoSettings, data: Path, policy: str, rm: Path, out: Path) -> Config:
+    """configs/demo.yaml with this demo's paths and seed, then the settings' own overrides ("--section.key=value",
+    as on `red-rlhf train`'s command line), which win."""
     overrides = [f"--policy.name_or_path={policy}", f"--reward.model={rm}", f"--data.prompts={data / 'prompts_train.txt'}",
-                 f"--train.output_dir={out / 'train'}", f"--train.seed={s.seed if s.rl_seed is None else s.rl_seed}"]
-    given = {"reward.scheme": s.reward_scheme, "train.steps": s.steps, "algo.policy_lr": s.policy_lr,
-             "rollout.temperature": s.temperature}
-    overrides += [f"--{key}={value}" for key, value in given.items() if value is not None]
-    if s.steps is not None:
-        overrides.append(f"--train.save_every={max(1, s.steps // 2)}")
+                 f"--train.output_dir={out / 'train'}", f"--train.seed={s.seed}"]
     if s.policy == "tiny":  # a random toy policy: full weights, its own critic, a faster critic
         overrides += ["--policy.lora_r=0", "--algo.critic_init=policy", "--algo.critic_lr=1e-3"]
     elif s.policy != s.rm_backbone:  # the critic copies the reward model's trunk only when both read the same tokens
         overrides.append("--algo.critic_init=policy")
-    return load_config("demo", overrides + list(extra))
+    return load_config("demo", overrides + list(s.overrides))
 
 
 def run_demo(s: DemoSettings) -> Path:
@@ -95,6 +87,7 @@ def run_demo(s: DemoSettings) -> Path:
 
     clock = Stopwatch()
     cache, out = Path(s.cache_dir).expanduser(), Path(s.output_dir)
+    train_config(s, cache, s.policy, s.folder(cache), out)  # a bad override fails here, not after stage 2 (paths unused)
     with clock("prepare"):
         data = prepare(cache, sdist=s.sdist, seed=s.seed)  # 1
     with clock("reward_model"):

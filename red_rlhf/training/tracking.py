@@ -20,13 +20,11 @@ HEATMAP_TAG = "eval/token_rewards"
 
 
 def tracker_names(train: TrainConfig) -> list[str]:
-    """train.log_with, checked: names accelerate knows, packages installed. train.tensorboard false drops it."""
+    """train.log_with, checked: names accelerate knows, packages installed."""
     from accelerate.tracking import LOGGER_TYPE_TO_CLASS
     from accelerate.tracking import get_available_trackers
 
     names = list(dict.fromkeys(train.log_with))  # several at once, each once, in the order given
-    if not train.tensorboard and "tensorboard" in names:
-        names.remove("tensorboard")
     available = {str(t) for t in get_available_trackers()}
     for name in names:
         if name not in LOGGER_TYPE_TO_CLASS:
