@@ -69,11 +69,11 @@ def test_a_damaged_file_gets_a_message_naming_it(saved, tmp_path, name, content,
         Trainer(toy(tmp_path, "--train.steps=2", name="run")).load(path)
 
 
-def test_a_pickled_checkpoint_of_the_old_format_is_not_loaded(tmp_path):
-    old = tmp_path / "run" / "checkpoints" / "step-000001"
-    old.mkdir(parents=True)
-    torch.save({"step": 1}, old / "state.pt")
-    (old.parent / "latest").write_text("step-000001\n")
+def test_a_checkpoint_with_a_pickled_trainer_state_is_not_loaded(tmp_path):
+    pickled = tmp_path / "run" / "checkpoints" / "step-000001"
+    pickled.mkdir(parents=True)
+    torch.save({"step": 1}, pickled / "state.pt")
+    (pickled.parent / "latest").write_text("step-000001\n")
     with pytest.raises(CheckpointError, match="state.pt.*unpickling can run code"):
         checkpoint.latest(tmp_path / "run")
 

@@ -1,8 +1,8 @@
 """Advantages and the policy/critic update of one step, given a scored rollout.
 
-`compute_advantages` (phase 5) and `update` (phase 6) take plain tensors and models, so tests can feed them a
-fixed batch (the data-parallel equivalence test does). `Reduce` hides the data-parallel sums: identity on one
-process, an all-reduce under accelerate.
+`compute_advantages` and `update` (phases 4 and 5 of `Trainer.train_step`) take plain tensors and models, so tests
+can feed them a fixed batch (the data-parallel equivalence test does). `Reduce` hides the data-parallel sums:
+identity on one process, an all-reduce under accelerate.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class Experience:
 
 
 def compute_advantages(cfg: Config, rollout: Rollout, shaped: torch.Tensor, reduce: Reduce = local_sum) -> Experience:
-    """Phase 5: GAE (PPO) or a group estimator on returns-to-go (RLOO, GRPO: `group_advantages`, rows grouped by
+    """Phase 4: GAE (PPO) or a group estimator on returns-to-go (RLOO, GRPO: `group_advantages`, rows grouped by
     `rollout.group_ids`, never by position), optionally whitened or scaled over the global batch.
 
     Groups live within one process's rollouts (each process samples all k responses of its own prompts); only the
@@ -105,7 +105,7 @@ def _micro_batches(cfg: Config, size: int, generator: torch.Generator):
 def update(cfg: Config, exp: Experience, policy, critic, policy_opt, critic_opt, *, backward=None, clip_grad=None,
            reduce: Reduce = local_sum, generator: torch.Generator | None = None, step: int = 0,
            first_pass: FirstPass | None = None, kl_loss_coef: float = 0.0) -> dict[str, float]:
-    """Phase 6: PPO epochs x mini-batches x gradient-accumulation micro-batches. Returns mean diagnostics.
+    """Phase 5: PPO epochs x mini-batches x gradient-accumulation micro-batches. Returns mean diagnostics.
 
     `first_pass`: the rollout's forward passes with their graphs, used in place of the first micro-batch's own
     passes (only where `first_step_reuses_rollout`: that micro-batch is then the whole batch, weights unchanged).

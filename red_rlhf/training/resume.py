@@ -82,8 +82,8 @@ def settings_at(out: Path, step: int) -> dict | None:
     earlier = [e for e in read_history(out) if e["step"] < step]
     if earlier:
         return earlier[-1]["settings"]
-    legacy = Path(out) / "config.json"  # runs started before the history existed
-    return json.loads(legacy.read_text(encoding="utf-8")) if legacy.is_file() else None
+    started = Path(out) / "config.json"  # a run folder without a settings history: the settings it records
+    return json.loads(started.read_text(encoding="utf-8")) if started.is_file() else None
 
 
 def changed_settings(before: dict, cfg: Config) -> dict[str, tuple[object, object]]:
