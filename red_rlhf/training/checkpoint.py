@@ -284,8 +284,9 @@ def latest(out: Path, must_exist: bool = True, say=None) -> Path | None:
         path = steps[-1][1]
         (say or print)(f"{why}; using the newest checkpoint by step, {path.name}")
     if (path / "state.pt").is_file() and not (path / TRAINER_STATE).is_file():
-        raise CheckpointError(f"{path} holds its trainer state as a pickle (state.pt), which red-rlhf does not load "
-                              "because unpickling can run code; start a new run, or resume with the red-rlhf that wrote it")
+        raise CheckpointError(f"{path} holds its trainer state as a pickle (state.pt), which red-rlhf does not "
+                              "load because unpickling can run code; start a new run, or resume with the red-rlhf "
+                              "that wrote it")
     return path  # whether its files are whole is `verify`'s question (see `usable`)
 
 
