@@ -31,7 +31,7 @@ TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_atte
 
 LAYOUTS = {  # the update's batch layout
     "accum": lambda batch: (f"--algo.mini_batch_size={batch // 2}", "--algo.grad_accum=2"),  # 2 x 2 micro-batches
-    "whole": lambda batch: (f"--algo.mini_batch_size={batch}", "--algo.grad_accum=1"),  # first step on the rollout's passes
+    "whole": lambda batch: (f"--algo.mini_batch_size={batch}", "--algo.grad_accum=1"),  # one optimiser step an epoch
 }
 
 
@@ -200,8 +200,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--trained-dtype", default="bf16", choices=("bf16", "fp32"),
                     help="precision.policy_dtype and critic_dtype (bf16 autocast either way)")
     ap.add_argument("--layout", default="accum", choices=tuple(LAYOUTS),
-                    help="accum: 2 mini-batches of 2 micro-batches an epoch; whole: one mini-batch in one micro-batch, "
-                         "so the first optimiser step trains on the rollout's own passes (ppo.first_step_reuses_rollout)")
+                    help="accum: 2 mini-batches of 2 micro-batches an epoch; whole: one mini-batch in one micro-batch")
     ap.add_argument("--resume-check", action="store_true", help="then resume from the last checkpoint, one more step")
     args = ap.parse_args(argv)
     if not args.tiny and not torch.cuda.is_available():

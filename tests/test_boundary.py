@@ -1,10 +1,10 @@
 """Tier 2: a prompt/response boundary that falls inside a reward-model token (prompt "The movie was go",
 response "od fun": the reward model reads one token " good" across the boundary).
 
-Rule (proposed in issue 13, item 4): R(x) is the reward model's score of the prompt alone, as it tokenizes the
-prompt alone; the first response token's reward is s_1 - R(x), so the rewards still sum to R(x, y) - R(x) for the
-R(x) that is reported. `HFRewardModel.score_cuts` scores the prompt alone for rows where a token spans the
-boundary (before, R(x) was silently the score of a shorter prompt, "The movie was").
+Rule: R(x) is the reward model's score of the prompt alone, as it tokenizes the prompt alone; the first response
+token's reward is s_1 - R(x), so the rewards sum to R(x, y) - R(x) for the R(x) that is reported.
+`HFRewardModel.score_cuts` scores the prompt alone for rows where a token spans the boundary: the joint
+tokenization's last token before the boundary ends a shorter prompt ("The movie was"), whose score is not R(x).
 """
 
 import pytest

@@ -1,7 +1,5 @@
 """Tier 1: the fast paths of the training step equal their plain versions (logits of response positions only;
-fused AdamW; the update's first step on the rollout's own forward passes)."""
-
-import math
+fused AdamW), and the rollout's log-probs and values are those the update computes at the same weights."""
 
 import pytest
 import torch
@@ -9,8 +7,8 @@ import torch
 from red_rlhf.core.masks import position_ids
 from red_rlhf.models.build import adamw
 from red_rlhf.models.tiny import tiny_causal_lm, tiny_tokenizer
-from red_rlhf.training.ppo import compute_advantages, first_step_reuses_rollout, update
-from red_rlhf.training.rollout import _takes_logits_to_keep, response_logits, token_logprobs
+from red_rlhf.training.ppo import compute_advantages, update
+from red_rlhf.training.rollout import _takes_logits_to_keep, response_logits
 from red_rlhf.training.trainer import Trainer
 from tests.helpers import toy
 
@@ -71,63 +69,32 @@ def test_fused_adamw_takes_the_same_steps_as_the_per_tensor_loop():
         torch.testing.assert_close(f, s, rtol=0, atol=1e-6)
 
 
-# ---------------------------------------------------------------- the update's first step on the rollout's passes
+# ---------------------------------------------------------------- the rollout's passes are the update's
 
 
-@pytest.mark.parametrize("extra", [(), ("--algo.entropy_coef=0.05",),
-                                   ("--algo.algorithm=rloo", "--rollout.batch_size=8", "--rollout.samples_per_prompt=2"),
-                                   ("--policy.lora_r=4", "--policy.lora_target_modules=c_attn")],
-                         ids=["ppo", "ppo-entropy-bonus", "rloo", "lora"])  # lora: the reference pass toggles adapters
-def test_first_step_on_the_rollouts_passes_equals_recomputing_them(tmp_path, extra):
-    cfg = toy(tmp_path, "--algo.mini_batch_size=16", "--algo.epochs=1", *extra)
-    assert first_step_reuses_rollout(cfg, distributed=False)
+@pytest.mark.parametrize("extra", [(), ("--policy.lora_r=4", "--policy.lora_target_modules=c_attn")],
+                         ids=["full", "lora"])  # lora: the reference pass turns the adapters off, and on again
+def test_the_first_optimiser_step_is_on_policy(tmp_path, extra):
+    """At the rollout's weights the update's forward gives the rollout's log-probs and values (the same temperature,
+    position ids and model), so the first optimiser step's probability ratio is 1 up to float rounding."""
+    cfg = toy(tmp_path, "--algo.mini_batch_size=16", "--algo.epochs=1", "--rollout.temperature=0.7",
+              "--algo.whiten_advantages=false", *extra)
     trainer = Trainer(cfg)
-    start = {"policy": _weights(trainer.policy), "critic": _weights(trainer.critic)}
+    moved = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # zero-initialised at the start (LoRA's B: policy == reference; the value head): moved
+        for name, p in [*trainer.policy.named_parameters(), *trainer.critic.named_parameters()]:
+            if "lora_B" in name or name.startswith("head."):
+                p.normal_(0, 0.05, generator=moved)
+    prompts = ["good " * (i % 3) + p for i, p in enumerate(trainer.order.next_batch(cfg.rollout.batch_size))]
     torch.manual_seed(0)
-    ro, kept = trainer.rollout_passes(trainer.order.next_batch(cfg.rollout.batch_size), keep_graphs=True)
-    assert kept.logprobs.requires_grad and (trainer.critic is None or kept.values.requires_grad)
-    assert kept.entropy.requires_grad == bool(cfg.algo.entropy_coef)
-    seq, mask, pos = ro.sequences()
-    with torch.no_grad():  # the plain rollout's numbers: separate no-grad passes
-        plain = token_logprobs(response_logits(trainer.policy, seq, mask, pos, ro.prompt_ids.shape[1], 1.0), ro.response_ids)
-    torch.testing.assert_close(ro.logprobs, plain, rtol=0, atol=1e-5)
-    noise = torch.randn(ro.response_mask.shape, generator=torch.Generator().manual_seed(1)).to(ro.response_mask.device)
-    rewards = torch.where(ro.response_mask, noise, 0)
-    exp = compute_advantages(cfg, ro, rewards)
-
-    def one_step(first_pass):  # one SGD step (epochs 1, one mini-batch): the parameters move by the gradients
-        for name in ("policy", "critic") if first_pass is None else ():  # (loading bumps the graphs' versions)
-            if getattr(trainer, name) is not None:
-                getattr(trainer, name).load_state_dict(start[name])
-        opts = [torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.5) if m is not None else None
-                for m in (trainer.policy, trainer.critic)]
-        stats = update(cfg, exp, trainer.policy, trainer.critic, *opts, first_pass=first_pass,
-                       generator=torch.Generator().manual_seed(2))
-        return {"policy": _weights(trainer.policy), "critic": _weights(trainer.critic)}, stats
-
-    reused, reused_stats = one_step(kept)  # first: it needs the weights the graphs were built on
-    recomputed, recomputed_stats = one_step(None)
-    assert reused_stats["approx_kl"] == 0 and reused_stats["clip_fraction"] == 0  # the ratio is exactly 1
-    for name in ("policy", "critic") if trainer.critic is not None else ("policy",):
-        moved = max((reused[name][k] - start[name][k]).abs().max().item() for k in start[name])
-        assert moved > 1e-3, name
-        for k in start[name]:
-            torch.testing.assert_close(reused[name][k], recomputed[name][k], rtol=0, atol=1e-5)
-    for key in ("policy_loss", "entropy", "policy_grad_norm"):
-        assert reused_stats[key] == pytest.approx(recomputed_stats[key], rel=1e-4, abs=1e-6), key
-
-
-def test_the_first_step_reuses_the_rollout_only_where_it_covers_the_whole_batch(tmp_path):
-    whole = toy(tmp_path, "--algo.mini_batch_size=16")
-    assert first_step_reuses_rollout(whole, distributed=False)
-    assert not first_step_reuses_rollout(whole, distributed=True)  # engines pair their own forward and backward
-    assert not first_step_reuses_rollout(toy(tmp_path, "--algo.mini_batch_size=8"), False)  # configs/toy.yaml: 2 mini-batches
-    assert not first_step_reuses_rollout(toy(tmp_path, "--algo.mini_batch_size=16", "--algo.grad_accum=2"), False)
-    trainer = Trainer(toy(tmp_path, "--algo.mini_batch_size=16", "--train.steps=2", name="reuse"))
-    assert trainer.first_step_reuses_rollout
-    history = trainer.train()
-    assert len(history) == 2 and all(math.isfinite(row["policy_loss"]) for row in history)
-
-
-def _weights(model) -> dict[str, torch.Tensor] | None:
-    return None if model is None else {k: v.detach().clone() for k, v in model.state_dict().items()}
+    ro = trainer.rollout(prompts)  # prompts of 3 lengths: left padding, so position ids count
+    assert len(set(ro.prompt_mask.sum(-1).tolist())) == 3 and ro.values.std() > 0
+    assert extra == () or not torch.allclose(ro.logprobs, ro.ref_logprobs)
+    exp = compute_advantages(cfg, ro, torch.where(ro.response_mask, 1.0, 0.0))
+    m, tokens = ro.response_mask, ro.response_mask.sum()
+    stats = update(cfg, exp, trainer.policy, trainer.critic, trainer.policy_opt, trainer.critic_opt)
+    # ratio 1 and unchanged values: each loss is its unclipped value at the rollout's numbers (first order in a change)
+    assert stats["policy_loss"] == pytest.approx((-torch.where(m, exp.advantages, 0).sum() / tokens).item(), rel=1e-5)
+    expected_value_loss = 0.5 * torch.where(m, (ro.values - exp.returns) ** 2, 0).sum() / tokens
+    assert stats["value_loss"] == pytest.approx(expected_value_loss.item(), rel=1e-5)
+    assert stats["clip_fraction"] == 0 and abs(stats["approx_kl"]) < 1e-6

@@ -1,5 +1,6 @@
 """The learning study's statistics (bench/learning_stats.py), checked on cases worked out by hand."""
 
+import dataclasses
 import math
 import statistics
 import sys
@@ -106,16 +107,24 @@ def test_spearman_and_pairwise_accuracy_on_hand_worked_cases():
     assert pairwise_accuracy([0.0, 1.0], [5.0, 5.0]) == (pytest.approx(0.5), 1)  # a tie counts one half
 
 
-def test_the_plan_runs_every_scheme_of_a_seed_before_the_next_seed_and_names_each_run_once():
-    from bench_learning import plan
+def test_the_plan_runs_every_setting_of_a_seed_before_the_next_seed_and_names_each_run_once():
+    from bench_learning import STUDIES, plan
 
-    runs = plan(["main", "knobs", "long", "frontier"], None, 40)
-    names = [r.name for r in runs]
-    assert len(names) == len(set(names)) == 15 + 6 + 10 + 3
+    groups = STUDIES["v1"]["groups"].split(",")
+    runs = plan(groups, None, 40)
+    assert len({r.name for r in runs}) == len(runs)  # names are the results' resume keys
+    for group in groups:
+        mine = [r for r in runs if r.group == group]
+        seeds = [r.seed for r in mine]
+        assert mine and seeds == sorted(seeds), group  # all of a seed before the next: a partial study stays paired
+        settings = {}  # seed -> its runs with the seed left out, in plan order
+        for r in mine:
+            settings.setdefault(r.seed, []).append(dataclasses.replace(r, seed=0))
+        assert len({tuple(block) for block in settings.values()}) == 1, group  # every seed runs the same settings
     assert [(r.scheme, r.seed) for r in runs[:6]] == [("red", 0), ("sparse", 0), ("abc", 0), ("red", 1), ("sparse", 1), ("abc", 1)]
     assert {r.max_new_tokens for r in runs if r.group == "long"} == {64}
     assert {(r.beta_c, r.first_token) for r in runs if r.group == "knobs"} == {(0.5, "difference"), (1.0, "zero")}
-    assert "--reward.beta_c=0.5" in runs[15].overrides()
+    assert "--reward.beta_c=0.5" in next(r for r in runs if r.group == "knobs").overrides()
     assert {(r.scheme, r.max_new_tokens, r.kl_coef) for r in runs if r.group == "frontier"} == {("sparse", 64, 0.01)}
     assert "--kl.coef=0.01" in runs[-1].overrides()
 

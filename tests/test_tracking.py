@@ -2,9 +2,9 @@
 
 import pytest
 
-from red_rlhf.config import ConfigError, load_config
+from red_rlhf.config import ConfigError, TrainConfig, load_config
 from red_rlhf.training.trainer import Trainer
-from red_rlhf.training.tracking import HEATMAP_TAG as HEATMAP
+from red_rlhf.training.tracking import HEATMAP_TAG as HEATMAP, tracker_names
 
 
 def cfg(tmp_path, *overrides):
@@ -53,7 +53,6 @@ def test_heatmap_shows_the_scored_tokens_and_their_rewards(tmp_path):
     from red_rlhf.training.tracking import heatmap_image, heatmap_rows
 
     trainer = Trainer(cfg(tmp_path, "--train.log_with="))
-    assert trainer.acc.log_with == []
     prompts = ["the movie was", "i liked the", "a film"]
     rows = heatmap_rows(trainer, prompts, [" good good bad", "", " bad"])
     assert [r.response for r in rows] == [" good good bad", " bad"]  # empty responses are left out
@@ -64,14 +63,16 @@ def test_heatmap_shows_the_scored_tokens_and_their_rewards(tmp_path):
     assert image.dtype.name == "uint8" and image.ndim == 3 and image.shape[2] == 3
 
 
-def test_log_with_errors_name_the_tracker(tmp_path, monkeypatch):
-    with pytest.raises(ConfigError, match=r"train.log_with: unknown tracker 'wandbb'; accelerate has \["):
-        Trainer(cfg(tmp_path, "--train.log_with=wandbb"))
+def test_tracker_names_keep_the_order_given_and_name_bad_trackers(monkeypatch):
     import accelerate.tracking
 
-    monkeypatch.setattr(accelerate.tracking, "get_available_trackers", lambda: ["tensorboard"])
+    monkeypatch.setattr(accelerate.tracking, "get_available_trackers", lambda: ["tensorboard", "wandb", "mlflow"])
+    assert tracker_names(TrainConfig(log_with=["wandb", "tensorboard", "wandb"])) == ["wandb", "tensorboard"]
+    assert tracker_names(TrainConfig(log_with=[])) == []
+    with pytest.raises(ConfigError, match=r"train.log_with: unknown tracker 'wandbb'; accelerate has \["):
+        tracker_names(TrainConfig(log_with=["wandbb"]))
     with pytest.raises(ConfigError, match=r"train.log_with: tracker 'comet_ml' needs its package.*pip install comet-ml"):
-        Trainer(cfg(tmp_path, "--train.log_with=tensorboard,comet_ml"))
+        tracker_names(TrainConfig(log_with=["tensorboard", "comet_ml"]))
 
 
 def test_the_removed_tensorboard_switch_names_its_replacement(tmp_path):

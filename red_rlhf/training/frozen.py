@@ -9,7 +9,7 @@ checkpoint's adapters were trained on, refusing by name when it is not. The opti
 parameters anyway.
 
 FSDP and DeepSpeed write their own (sharded) layouts through accelerate, which this hook cannot filter: there a
-checkpoint holds the whole model, as before.
+checkpoint holds the whole model.
 
 The same hook drops the second name of weights tied to one tensor (GPT-2's lm_head and embedding): accelerate would
 drop it too, with a warning at every save ("Removed shared tensor ... while saving") that a user cannot act on;

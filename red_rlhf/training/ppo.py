@@ -1,8 +1,8 @@
 """Advantages and the policy/critic update of one step, given a scored rollout.
 
-`compute_advantages` (phase 5) and `update` (phase 6) take plain tensors and models, so tests can feed them a
-fixed batch (the data-parallel equivalence test does). `Reduce` hides the data-parallel sums: identity on one
-process, an all-reduce under accelerate.
+`compute_advantages` and `update` (phases 4 and 5 of `Trainer.train_step`) take plain tensors and models, so tests
+can feed them a fixed batch (the data-parallel equivalence test does). `Reduce` hides the data-parallel sums:
+identity on one process, an all-reduce under accelerate.
 """
 
 from __future__ import annotations
@@ -28,30 +28,6 @@ def local_sum(x: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class FirstPass:
-    """The rollout's own forward passes of policy and critic, kept with their autograd graphs for the update's
-    first optimiser step (see `first_step_reuses_rollout`): log-probs, entropy and values, each (B, R)."""
-    logprobs: torch.Tensor
-    entropy: torch.Tensor
-    values: torch.Tensor | None
-
-
-def first_step_reuses_rollout(cfg: Config, distributed: bool) -> bool:
-    """Whether the update's first optimiser step can train on the rollout's own forward passes.
-
-    The old log-probs and values are the policy's and the critic's before any update. When the first optimiser step
-    of epoch 1 takes the whole batch in one micro-batch (one mini-batch per epoch, no accumulation), its forward
-    passes would compute exactly those numbers again, on the same weights: keeping the rollout's passes with their
-    graphs saves one policy and one critic forward per step, and makes that step's probability ratio exactly 1
-    (recomputed, it is 1 up to float rounding). Other layouts recompute old log-probs with a forward pass of their
-    own, as before (later mini-batches see updated weights). Plain single-process training only (`distributed`:
-    several processes or a DDP/FSDP/DeepSpeed engine, whose forward must pair with its own backward).
-    Cost: the policy's and critic's activations are held together from the rollout to that first step."""
-    return (not distributed and cfg.algo.epochs >= 1 and cfg.algo.mini_batch_size == cfg.rollouts_per_step
-            and cfg.algo.grad_accum == 1)
-
-
-@dataclass
 class Experience:
     rollout: Rollout
     advantages: torch.Tensor  # (B, R)
@@ -59,7 +35,7 @@ class Experience:
 
 
 def compute_advantages(cfg: Config, rollout: Rollout, shaped: torch.Tensor, reduce: Reduce = local_sum) -> Experience:
-    """Phase 5: GAE (PPO) or a group estimator on returns-to-go (RLOO, GRPO: `group_advantages`, rows grouped by
+    """Phase 4: GAE (PPO) or a group estimator on returns-to-go (RLOO, GRPO: `group_advantages`, rows grouped by
     `rollout.group_ids`, never by position), optionally whitened or scaled over the global batch.
 
     Groups live within one process's rollouts (each process samples all k responses of its own prompts); only the
@@ -104,11 +80,9 @@ def _micro_batches(cfg: Config, size: int, generator: torch.Generator):
 
 def update(cfg: Config, exp: Experience, policy, critic, policy_opt, critic_opt, *, backward=None, clip_grad=None,
            reduce: Reduce = local_sum, generator: torch.Generator | None = None, step: int = 0,
-           first_pass: FirstPass | None = None, kl_loss_coef: float = 0.0) -> dict[str, float]:
-    """Phase 6: PPO epochs x mini-batches x gradient-accumulation micro-batches. Returns mean diagnostics.
+           kl_loss_coef: float = 0.0) -> dict[str, float]:
+    """Phase 5: PPO epochs x mini-batches x gradient-accumulation micro-batches. Returns mean diagnostics.
 
-    `first_pass`: the rollout's forward passes with their graphs, used in place of the first micro-batch's own
-    passes (only where `first_step_reuses_rollout`: that micro-batch is then the whole batch, weights unchanged).
     `kl_loss_coef` (kl.use_kl_loss): adds kl_loss_coef * the per-token KL (kl.estimator, k3) of the current policy to
     the reference to the policy loss, aggregated like the policy loss.
 
@@ -137,16 +111,9 @@ def update(cfg: Config, exp: Experience, policy, critic, policy_opt, critic_opt,
             mini_kl = []
             for micro in mini:
                 m = ro.response_mask[micro]
-                reuse = first_pass is not None and epoch_number == mini_number == 1
-                if reuse:  # the rollout's passes, on these very weights (first_step_reuses_rollout)
-                    if len(micro) != len(ro):
-                        raise ValueError(f"first_pass covers {len(ro)} rollouts, but the first micro-batch has "
-                                         f"{len(micro)}: it is only for configs where first_step_reuses_rollout")
-                    logprobs, entropy = first_pass.logprobs[micro], first_pass.entropy[micro]
-                else:
-                    logits = response_logits(policy, ids[micro], mask_all[micro], pos[micro], start, cfg.rollout.temperature)
-                    logprobs = token_logprobs(logits, ro.response_ids[micro])
-                    entropy = entropy_from_logits(logits) if a.entropy_coef else None  # (b, R)
+                logits = response_logits(policy, ids[micro], mask_all[micro], pos[micro], start, cfg.rollout.temperature)
+                logprobs = token_logprobs(logits, ro.response_ids[micro])
+                entropy = entropy_from_logits(logits) if a.entropy_coef else None  # (b, R)
                 pl = policy_loss(logprobs, ro.logprobs[micro], exp.advantages[micro], m, a.clip_range, normalizer=tokens)
                 loss = pl.loss
                 if a.entropy_coef:
@@ -165,10 +132,7 @@ def update(cfg: Config, exp: Experience, policy, critic, policy_opt, critic_opt,
                 record("clip_fraction", pl.clip_fraction.item())
                 record("entropy", (torch.where(m, entropy, 0).sum() / m.sum()).item())
                 if critic is not None:
-                    if reuse:
-                        values = first_pass.values[micro]
-                    else:
-                        values = critic(ids[micro], mask_all[micro], pos[micro])[:, start - 1: -1]  # V(prompt + response[:t])
+                    values = critic(ids[micro], mask_all[micro], pos[micro])[:, start - 1: -1]  # V(prompt + response[:t])
                     vl, vclip = value_loss(values, ro.values[micro], exp.returns[micro], m, a.value_clip_range, normalizer=tokens)
                     backward(vl)
                     mini_loss["value_loss"] += vl.item()

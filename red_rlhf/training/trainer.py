@@ -26,7 +26,6 @@ import torch
 
 from red_rlhf.config import Config, ConfigError, to_dict
 from red_rlhf.core.advantages import kl_per_token, masked_mean
-from red_rlhf.core.losses import entropy_from_logits
 from red_rlhf.core.reward_assembly import AssembledRewards, PrefixScores
 from red_rlhf.data.prompts import PromptOrder, train_eval_prompts
 from red_rlhf.models.build import as_reference, build_run, place_frozen
@@ -37,7 +36,7 @@ from red_rlhf.training import checkpoint, frozen, lock, memory, stops, tracking
 from red_rlhf.training.controllers import AdaptiveKL, multipliers
 from red_rlhf.training.export import export_policy
 from red_rlhf.training.guards import ensure_finite
-from red_rlhf.training.ppo import Experience, FirstPass, compute_advantages, first_step_reuses_rollout, update
+from red_rlhf.training.ppo import Experience, compute_advantages, update
 from red_rlhf.training.prompt_check import check_prompts
 from red_rlhf.training.resume import begin as begin_run
 from red_rlhf.training.rollout import Rollout, encode_prompts, response_logits, sample, token_logprobs
@@ -78,8 +77,6 @@ class Trainer:
                                               project_dir=str(self.out),
                                               mixed_precision=cfg.precision.mixed_precision)
         set_seed(cfg.train.seed + self.acc.process_index)
-        distributed = self.acc.num_processes > 1 or self.acc.distributed_type != DistributedType.NO
-        self.first_step_reuses_rollout = first_step_reuses_rollout(cfg, distributed)  # ppo.first_step_reuses_rollout
         run = build_run(cfg)
         self.tokenizer, self.ref, self.sources, self.primary = run.tokenizer, run.reference, run.sources, run.primary
         self.policy_sched, self.critic_sched = run.policy_sched, run.critic_sched
@@ -110,9 +107,8 @@ class Trainer:
 
     def train_step(self) -> dict[str, float]:
         c, seconds = self.cfg, {}
-        with self._phase(ROLLOUT, seconds):  # with graphs kept for the update's first step where it can use them
-            ro, first_pass = self.rollout_passes(self.order.next_batch(c.rollout.batch_size), seconds=seconds,
-                                                 keep_graphs=self.first_step_reuses_rollout)
+        with self._phase(ROLLOUT, seconds):
+            ro = self.rollout(self.order.next_batch(c.rollout.batch_size), seconds=seconds)
         with self._phase(SCORE, seconds):
             scores = self.score(ro)
         with self._phase(REWARDS, seconds):
@@ -125,7 +121,7 @@ class Trainer:
             stats = update(c, exp, self.policy, self.critic, self.policy_opt, self.critic_opt,
                            backward=self.acc.backward, clip_grad=self.acc.clip_grad_norm_, reduce=self._sum,
                            generator=torch.Generator().manual_seed(c.train.seed * 7919 + self.step), step=self.step + 1,
-                           first_pass=first_pass, kl_loss_coef=self.kl.coef if c.kl.use_kl_loss else 0.0)
+                           kl_loss_coef=self.kl.coef if c.kl.use_kl_loss else 0.0)
             self.policy_sched.step()
             if self.critic_sched:
                 self.critic_sched.step()
@@ -137,16 +133,10 @@ class Trainer:
         metrics["time_s"] = sum(seconds[p.metric] for p in PHASES)
         return metrics
 
+    @torch.no_grad()
     def rollout(self, prompts: list[str], samples_per_prompt: int | None = None, seconds: dict | None = None) -> Rollout:
         """Phase 1: k samples of each prompt (adjacent rows, sharing a group id), their log-probs under policy and
         reference, values."""
-        return self.rollout_passes(prompts, samples_per_prompt, seconds)[0]
-
-    @torch.no_grad()
-    def rollout_passes(self, prompts: list[str], samples_per_prompt: int | None = None, seconds: dict | None = None,
-                       keep_graphs: bool = False) -> tuple[Rollout, FirstPass | None]:
-        """`rollout`, and with keep_graphs the policy's and critic's passes run through the prepared models with
-        autograd on and come back as a FirstPass for the update's first step (`first_step_reuses_rollout`)."""
         c = self.cfg
         k = c.rollout.samples_per_prompt if samples_per_prompt is None else samples_per_prompt
         group_ids = torch.arange(len(prompts), device=self.acc.device).repeat_interleave(k)  # (B,) the prompt's index
@@ -164,23 +154,12 @@ class Trainer:
                      group_ids=group_ids)
         seq, seq_mask, pos = ro.sequences()
         start = ids.shape[1]
-        # with keep_graphs: the prepared models, autograd on; else the unwrapped ones under this method's no_grad
-        actor = self.policy if keep_graphs else policy
-        critic = self.critic if keep_graphs or self.critic is None else self.acc.unwrap_model(self.critic)
-        with torch.enable_grad() if keep_graphs else contextlib.nullcontext():
-            logits = response_logits(actor, seq, seq_mask, pos, start, c.rollout.temperature)
-            logprobs = token_logprobs(logits, response)
-            values = None if critic is None else critic(seq, seq_mask, pos)[:, start - 1: -1]
-            first_pass = None
-            if keep_graphs:
-                entropy = entropy_from_logits(logits if c.algo.entropy_coef else logits.detach())
-                first_pass = FirstPass(logprobs, entropy, values)
-            del logits  # (B, R, V): not held through the reference's pass
-        ro.logprobs = logprobs.detach()
-        ro.values = None if values is None else values.detach()
+        ro.logprobs = token_logprobs(response_logits(policy, seq, seq_mask, pos, start, c.rollout.temperature), response)
+        critic = None if self.critic is None else self.acc.unwrap_model(self.critic)
+        ro.values = None if critic is None else critic(seq, seq_mask, pos)[:, start - 1: -1]  # V(prompt + response[:t])
         with as_reference(policy, self.ref) as ref:
             ro.ref_logprobs = token_logprobs(response_logits(ref, seq, seq_mask, pos, start, c.rollout.temperature), response)
-        return ro, first_pass
+        return ro
 
     def score(self, ro: Rollout, sources=None) -> dict[str, PrefixScores]:
         """Phase 2: each source's prefix scores on the policy's tokens (one forward on the ids where the reward
