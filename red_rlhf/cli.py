@@ -335,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--json", help="also write the scored tokens here as JSON lines")
     score.set_defaults(func=cmd_score)
 
-    train = sub.add_parser("train", help="RL training (PPO or RLOO) on token-level rewards",
+    train = sub.add_parser("train", help="RL training (PPO, RLOO or GRPO) on token-level rewards",
                            description="Extra arguments --section.key=value override the YAML config.")
     train.add_argument("--config", help="YAML config (see configs/); without it the defaults")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in train.output_dir")
