@@ -134,13 +134,14 @@ def assemble_rewards(
     rows = torch.arange(mask.shape[0], device=mask.device)
     combined = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
     final_raw, final_normalised = {}, {}
-    prompt_raw = torch.zeros(mask.shape[0], dtype=dtype, device=mask.device)
+    prompt_raw, final_combined = (torch.zeros(mask.shape[0], dtype=dtype, device=mask.device) for _ in range(2))
     for s in sources:
         placed, tokens = _place(s, mask, settings)
         combined = combined + s.coef * placed.to(dtype)  # placed in float64, summed in dtype
         final_raw[s.name] = s.scores.tokens[rows, last].to(dtype)
         final_normalised[s.name] = tokens[rows, last].to(dtype)
         prompt_raw = prompt_raw + s.coef * s.scores.prompt.to(dtype)
+        final_combined = final_combined + s.coef * final_raw[s.name]
     if settings.missing_eos_penalty is not None:
         if ended is None:
             raise ValueError("missing_eos_penalty is set: pass ended= (which responses end with EOS)")
@@ -152,9 +153,6 @@ def assemble_rewards(
             raise ValueError(f"kl of shape {tuple(kl.shape)} does not fit the response mask {tuple(mask.shape)}")
         rewards = shape_rewards(combined, kl.to(dtype), mask, kl_coef)
         kl_penalty = torch.where(mask, kl_coef * kl.to(dtype), 0.0)
-    final_combined = torch.zeros(mask.shape[0], dtype=dtype, device=mask.device)
-    for s in sources:
-        final_combined = final_combined + s.coef * final_raw[s.name]
     return AssembledRewards(
         rewards=rewards, score_rewards=combined, kl_penalty=kl_penalty, final_raw=final_raw,
         final_normalised=final_normalised, final_combined_raw=final_combined, prompt_combined_raw=prompt_raw,
