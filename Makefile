@@ -76,8 +76,8 @@ bench-trl:
 	$(BENCH_VENV)/bin/python bench/bench_trl.py
 
 bench-learning: $(STAMP)
-	$(BIN)/python bench/bench_learning.py run --workers 2
-	$(BIN)/python bench/bench_learning.py report
+	$(BIN)/python bench/bench_learning.py run --study v2 --workers 2
+	$(BIN)/python bench/bench_learning.py report --study v2
 
 clean:
 	rm -rf $(VENV) $(TRL_VENV) $(BENCH_VENV) runs
