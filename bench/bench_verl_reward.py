@@ -3,7 +3,7 @@
     python bench/bench_verl_reward.py                       # cuda when there is one, else cpu
     python bench/bench_verl_reward.py --device cpu --size tiny --rows 8
 
-What runs is the manager's own scoring path (`rows_to_batch`, then `score_sources` + `source_rewards` on sources from `load_sources`),
+What runs is the manager's own scoring path (`rows_to_batch`, then `batch_rewards` on sources from `load_sources`),
 without verl's Ray worker around it, so it needs neither verl nor ray. The reward model is randomly initialised
 and saved to a temporary folder, then loaded the way the manager loads it (no model hub):
 
@@ -30,7 +30,7 @@ import torch
 
 from red_rlhf.integrations.verl_batch import rows_to_batch
 from red_rlhf.integrations.verl_scoring import load_sources
-from red_rlhf.models.rewards import score_sources, source_rewards
+from red_rlhf.models.rewards import batch_rewards
 from red_rlhf.integrations.verl_settings import read_settings
 from red_rlhf.models.tiny import tiny_reward_model, tiny_tokenizer
 
@@ -100,15 +100,11 @@ def main() -> None:
         rows = make_rows(tok, args.rows, args.prompt_len, args.response_len)
         batch = rows_to_batch(rows, tok)
 
-        def score_batch(sources, reward, batch):  # what REDRewardManager.score_rows runs
-            return source_rewards(sources, score_sources(sources, batch), batch.response_mask, reward,
-                                  ended=batch.ended, dtype=torch.float64)
-
         def run():
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            scored = score_batch(sources, settings.reward, batch)
+            scored = batch_rewards(sources, batch, settings.reward)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             return time.perf_counter() - start, scored
@@ -122,7 +118,7 @@ def main() -> None:
         cpu_diff = float("nan")
         if device.type != "cpu" and args.check_rows:
             cpu = read_settings({"model": tmp, "device": "cpu", "format": "concat"})
-            on_cpu = score_batch(load_sources(cpu), cpu.reward, rows_to_batch(rows[: args.check_rows], tok))
+            on_cpu = batch_rewards(load_sources(cpu), rows_to_batch(rows[: args.check_rows], tok), cpu.reward)
             width = on_cpu.rewards.shape[1]
             cpu_diff = float((on_cpu.rewards - scored.rewards[: args.check_rows, :width]).abs().max())
     per_batch = statistics.median(times)

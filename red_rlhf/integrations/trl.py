@@ -36,7 +36,7 @@ from red_rlhf.core.advantages import group_advantages
 from red_rlhf.core.masks import pad_rows
 from red_rlhf.integrations.trl_config import REDGRPOConfig, _rename
 from red_rlhf.models.build import load_sources
-from red_rlhf.models.rewards import Source, score_sources, source_rewards
+from red_rlhf.models.rewards import Source, batch_rewards
 from red_rlhf.models.sources import TokenBatch
 
 __all__ = ["REDGRPOConfig", "REDGRPOTrainer", "REDScores", "TRL_DEPENDENCIES"]
@@ -105,8 +105,7 @@ class REDScores:
         r_ids, r_mask = pad_rows(completion_ids, pad)  # (b, R)
         ended = torch.tensor([ids[-1] in t.eos_token_ids for ids in completion_ids])
         batch = TokenBatch(texts, p_ids, p_mask.bool(), r_ids, r_mask.bool(), tok, plain_prompts=plain, ended=ended)
-        scored = source_rewards(t.red_sources, score_sources(t.red_sources, batch), batch.response_mask,
-                                t.args.red_config.reward, ended=batch.ended, dtype=torch.float64)
+        scored = batch_rewards(t.red_sources, batch, t.args.red_config.reward)  # no KL: TRL's beta is a loss term
         self.pending = ScoredRows(prompt_ids, completion_ids, scored.rewards)
         return scored.final_combined_raw.tolist()
 

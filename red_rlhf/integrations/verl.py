@@ -37,7 +37,7 @@ from red_rlhf.integrations import verl_estimators  # noqa: F401  (registers red_
 from red_rlhf.integrations.verl_batch import rows_to_batch
 from red_rlhf.integrations.verl_scoring import load_sources
 from red_rlhf.integrations.verl_settings import check_route, read_settings
-from red_rlhf.models.rewards import score_sources, source_rewards
+from red_rlhf.models.rewards import batch_rewards
 
 
 
@@ -127,8 +127,7 @@ class REDRewardManager(RewardManagerBase):
     def score_rows(self, rows: list[DataProto]) -> list[dict]:
         """verl's one-row DataProtos -> one {"reward_score": [reward per response token], "reward_extra_info"} each."""
         batch = rows_to_batch(rows, self.tokenizer, self.settings.prompt_text)
-        scored = source_rewards(self.sources, score_sources(self.sources, batch), batch.response_mask,
-                                self.settings.reward, ended=batch.ended, dtype=torch.float64)  # no KL: verl adds its own
+        scored = batch_rewards(self.sources, batch, self.settings.reward)  # no KL: verl adds its own
         lengths = batch.response_mask.sum(-1).tolist()
         return [
             {"reward_score": scored.rewards[i, :n].tolist(),

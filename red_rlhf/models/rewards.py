@@ -3,6 +3,7 @@ our trainer, the verl reward manager, TRL's GRPOTrainer and `TokenRewardScorer`.
 
     scores  = score_sources(sources, batch)                      each source's R(x) and prefix scores, (B,) and (B, R)
     rewards = source_rewards(sources, scores, batch.response_mask, settings, ended=batch.ended)
+    rewards = batch_rewards(sources, batch, settings)         the two at once, without a KL term (verl, TRL)
 
 `source_rewards` gives each source its signed weight (+weight for a reward, -weight for a cost, or a Lagrange
 multiplier in place of a constrained cost's weight) and hands the rest to `core.reward_assembly.assemble_rewards`.
@@ -71,3 +72,11 @@ def source_rewards(
     inputs = [SourceScores(s.name, scores[s.name], s.config.scheme, signed_weight(s.config, multipliers.get(s.name)))
               for s in sources]
     return assemble_rewards(inputs, response_mask, settings, ended=ended, kl=kl, kl_coef=kl_coef, dtype=dtype)
+
+
+def batch_rewards(sources: list[Source], batch: TokenBatch, settings: RewardSettings,
+                  dtype: torch.dtype = torch.float64) -> AssembledRewards:
+    """`score_sources` then `source_rewards` on one batch, without a KL term: an engine's reward step (the verl
+    manager and TRL's reward function; both engines add their own KL)."""
+    return source_rewards(sources, score_sources(sources, batch), batch.response_mask, settings, ended=batch.ended,
+                          dtype=dtype)
