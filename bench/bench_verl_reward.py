@@ -42,9 +42,12 @@ class Row:
         self.batch, self.non_tensor_batch = batch, non_tensor_batch or {}
 
 
-def save_reward_model(out: Path, size: str, tok) -> None:
+def save_reward_model(out: Path, size: str, tok, context: int) -> None:
+    """context: the longest prompt + response in policy tokens. The tiny model gets 4 positions per policy token:
+    with --policy other the text is decoded and read again by the reward model's tokenizer, which can take
+    several tokens for one of the policy's."""
     if size == "tiny":
-        model = tiny_reward_model("gpt2", len(tok), pad_token_id=tok.pad_token_id, seed=1)
+        model = tiny_reward_model("gpt2", len(tok), pad_token_id=tok.pad_token_id, seed=1, context=4 * context)
     else:
         from transformers import Qwen2Config, Qwen2ForSequenceClassification
 
@@ -92,7 +95,7 @@ def main() -> None:
     rm_tok = tiny_tokenizer("gpt2")
     tok = rm_tok if args.policy == "same" else tiny_tokenizer("gpt2", vocab_size=290, pad_equals_eos=True)
     with tempfile.TemporaryDirectory() as tmp:
-        save_reward_model(Path(tmp), args.size, rm_tok)
+        save_reward_model(Path(tmp), args.size, rm_tok, args.prompt_len + args.response_len)
         settings = read_settings({"model": tmp, "device": args.device, "format": "concat"})
         sources = load_sources(settings)
         device = next(sources[0].reward.model.parameters()).device
