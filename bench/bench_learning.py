@@ -286,11 +286,12 @@ def run(args: argparse.Namespace) -> None:
     if todo:
         data, _, rm = demo_cache(args.cache_dir)  # once, before workers would race to make it
         if args.study == "v2":
-            from gold_judge import build
+            from gold_judge import build, minilm_dir
             from red_rlhf.data.sentiment import SDIST_NAME
 
             study_data(args.cache_dir)
             build(args.cache_dir, data, rm, Path(args.cache_dir).expanduser() / "downloads" / SDIST_NAME)
+            minilm_dir(args.cache_dir)  # the judge's encoder too: a copied judge does not fetch it
     if args.workers == 1:
         return worker(args)
     begin = time.perf_counter()

