@@ -22,6 +22,13 @@ PRIMARY = (("C1", "Q1: RED vs sparse PPO with a reward-model critic", "ppo-red",
            ("C3", "Q3: RED vs sparse, GRPO (no critic)", "grpo-red", "grpo-sparse"))
 EXPLORATORY = (("ppo-red", "ppo-sparse"), ("ppo-sparse-rc", "ppo-sparse"))
 MEASURES = (("gold", "gold judge"), ("rm_score", "proxy reward model"), ("judge", "VADER"))
+# PROTOCOL.md amendment 2: the cache holding the proxy was lost between two sessions and the runner rebuilt the proxy
+# from the same recipe (not bit-identical); runs finished before this moment scored with the original proxy.
+PROXY_REBUILT = "2026-12-04T16:28"
+
+
+def proxy_of(run: dict) -> str:
+    return "original" if run.get("finished", "") < PROXY_REBUILT else "rebuilt"
 
 
 def statistic(run: dict, key: str = "gold") -> float | None:
@@ -40,9 +47,12 @@ def by_arm(runs: list[dict]) -> dict[str, dict[int, dict]]:
     return dict(out)
 
 
-def compare(arms: dict, a: str, b: str, key: str = "gold") -> dict:
-    """The paired test of G(a) - G(b) over the seeds where both runs reach the top of the KL range."""
+def compare(arms: dict, a: str, b: str, key: str = "gold", same_proxy: bool = False) -> dict:
+    """The paired test of G(a) - G(b) over the seeds where both runs reach the top of the KL range (and, with
+    same_proxy, trained on the same proxy: amendment 2's sensitivity check)."""
     seeds = sorted(set(arms.get(a, {})) & set(arms.get(b, {})))
+    if same_proxy:
+        seeds = [s for s in seeds if proxy_of(arms[a][s]) == proxy_of(arms[b][s])]
     values = [(s, statistic(arms[a][s], key), statistic(arms[b][s], key)) for s in seeds]
     pairs = [(s, x, y) for s, x, y in values if x is not None and y is not None]
     out = {"a": a, "b": b, "measure": key, "seeds_run": len(seeds), "pairs": len(pairs), "seeds": [s for s, _, _ in pairs],
@@ -123,6 +133,15 @@ def report(runs: list[dict], folder: Path) -> dict:
         print(f"| {r['id']}: {r['a']} - {r['b']} | {r['question']} | {r['pairs']} of {r['seeds_run']} | "
               f"{_f(r['mean'])} [{_f(r['low'])}, {_f(r['high'])}] | {_f(r['t'], 2)} | {_f(r['p'])} | "
               f"{_f(r['p_holm'])} | {verdict(r)} |")
+    same_proxy = [{"id": r["id"], **compare(arms, r["a"], r["b"], same_proxy=True)} for r in rows]
+    print("\nSensitivity (PROTOCOL.md amendment 2; exploratory, uncorrected): the primary comparisons on the seeds "
+          "whose two runs trained on the same proxy\n")
+    print("| comparison | pairs | seeds left out | G(RED) - G(sparse) [95% CI] | p (uncorrected) |")
+    print("|---|---|---|---|---|")
+    for r, s in zip(rows, same_proxy):
+        left_out = sorted(set(r["seeds"]) - set(s["seeds"]))
+        print(f"| {s['id']}: {s['a']} - {s['b']} | {s['pairs']} | {', '.join(map(str, left_out)) or 'none'} | "
+              f"{_f(s['mean'])} [{_f(s['low'])}, {_f(s['high'])}] | {_f(s['p'])} |")
     exploratory = [compare(arms, a, b, key) for key, _ in MEASURES for a, b in EXPLORATORY + tuple(
         (p[2], p[3]) for p in PRIMARY) if not (key == "gold" and (a, b) in {(p[2], p[3]) for p in PRIMARY})]
     exploratory = [e for e in exploratory if e["seeds_run"]]
@@ -134,8 +153,8 @@ def report(runs: list[dict], folder: Path) -> dict:
               f"[{_f(e['low'])}, {_f(e['high'])}] | {_f(e['p'])} |")
     folder.mkdir(parents=True, exist_ok=True)
     figure = plot(arms, folder / "score_vs_kl.png")
-    summary = {"kl_range": KL_RANGE, "primary": rows, "exploratory": exploratory, "runs": len(runs),
-               "run_hours": sum(r["wall_s"] for r in runs) / 3600, "commit": runs[0]["commit"] if runs else None}
+    summary = {"kl_range": KL_RANGE, "primary": rows, "same_proxy": same_proxy, "exploratory": exploratory,
+               "runs": len(runs), "run_hours": sum(r["wall_s"] for r in runs) / 3600, "commit": runs[0]["commit"] if runs else None}
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=lambda x: None) + "\n")
     print(f"\n{len(runs)} runs, {summary['run_hours']:.1f} run-hours; plot: {figure}")
     return summary

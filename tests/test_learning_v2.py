@@ -67,6 +67,23 @@ def test_primary_table_pairs_by_seed_tests_and_holm_corrects(tmp_path):
     assert (tmp_path / "score_vs_kl.png").is_file() and (tmp_path / "summary.json").is_file()
 
 
+def test_the_sensitivity_check_leaves_out_a_seed_whose_two_runs_trained_on_different_proxies(tmp_path):
+    from learning_report_v2 import PROXY_REBUILT, proxy_of, report
+
+    runs = _study(tmp_path)
+    for r in runs:  # seeds 0-4 before the proxy was rebuilt; seed 5's ppo-red too, its other runs after (amendment 2)
+        late = r["seed"] > 5 or (r["seed"] == 5 and r["arm"] != "ppo-red")
+        r["finished"] = "2026-12-04T17:00:58" if late else "2026-12-04T13:45:14"
+    assert proxy_of(runs[0]) == "original" and proxy_of({"finished": PROXY_REBUILT + ":00"}) == "rebuilt"
+    summary = report(runs, tmp_path)
+    (c1, c2), (s1, s2) = summary["primary"], summary["same_proxy"]
+    assert s1["seeds"] == [0, 1, 2, 3, 4, 6, 7]
+    assert s1["per_seed"] == pytest.approx(c1["per_seed"][:5] + c1["per_seed"][6:])
+    assert s1["p"] == pytest.approx(paired_t_test([0.5 + 0.05 * (s % 3 - 1) for s in s1["seeds"]], [0.0] * 7)["p"])
+    assert s2["seeds"] == c2["seeds"] == list(range(8)) and s2["p"] == pytest.approx(c2["p"])  # one proxy per pair
+    assert c1["pairs"] == 8  # the primary analysis keeps every seed, as registered
+
+
 def test_a_comparison_with_too_few_complete_pairs_has_no_test_but_stays_in_the_family(tmp_path):
     from learning_report_v2 import report
 
