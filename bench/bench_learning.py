@@ -284,6 +284,10 @@ def run(args: argparse.Namespace) -> None:
     print(f"{len(todo)} runs to do: {', '.join(s.name for s in todo)}", flush=True)
     shutil.rmtree(Path(args.work) / "claims", ignore_errors=True)  # claims of a stopped study are stale
     if todo:
+        if args.study == "v2":
+            from study_proxy import restore_cached
+
+            restore_cached(args.cache_dir)  # the pinned proxy (amendment 2), before the demo's cache would train one
         data, _, rm = demo_cache(args.cache_dir)  # once, before workers would race to make it
         if args.study == "v2":
             from gold_judge import build, minilm_dir

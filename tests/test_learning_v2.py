@@ -126,3 +126,40 @@ def test_a_runs_commit_is_dirty_when_the_code_differs_not_when_results_grow(tmp_
     (tmp_path / "red_rlhf" / "x.py").write_text("a = 2\n")
     assert _commit() == head + "-dirty"
     assert _strip("Fine film.<|im_end|>", ["<|im_end|>", "<|endoftext|>"]) == "Fine film."
+
+
+def test_the_pinned_proxy_is_rebuilt_byte_for_byte_without_training_and_a_different_one_is_refused(tmp_path):
+    import json
+
+    import torch
+
+    from red_rlhf.models.tiny import tiny_reward_model, tiny_tokenizer
+    from red_rlhf.training.reward_model import keep_first_layers, load_backbone, save_reward_model
+    from study_proxy import pin, restore
+
+    tok = tiny_tokenizer("gpt2")
+    tiny_reward_model("llama", len(tok), pad_token_id=tok.pad_token_id, layers=3).save_pretrained(tmp_path / "bb")
+    tok.save_pretrained(tmp_path / "bb")
+    model, rm_tok = load_backbone(str(tmp_path / "bb"))  # a head-only proxy, as the demo trains one
+    keep_first_layers(model, 2)
+    torch.manual_seed(5)
+    torch.nn.init.normal_(model.score.weight)
+    trained = save_reward_model(model, rm_tok, tmp_path / "trained" / "rm-x", {"accuracy_after": 0.75})
+    pinned = tmp_path / "proxy_head.json"
+    pin(trained, pinned, keep_layers=2)
+
+    out = restore(tmp_path / "bb", tmp_path / "cache" / "rm-x", pinned)
+    assert (out / "model.safetensors").read_bytes() == (trained / "model.safetensors").read_bytes()
+    assert json.loads((out / "rm_metrics.json").read_text()) == {"accuracy_after": 0.75}
+    assert restore(tmp_path / "bb", out, pinned) == out  # present and the same: kept
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["rm-x"]
+
+    record = json.loads(pinned.read_text())
+    pinned.write_text(json.dumps({**record, "model_sha256": "0" * 64}))  # a cache holding another proxy
+    with pytest.raises(RuntimeError, match="not the study's pinned proxy"):
+        restore(tmp_path / "bb", out, pinned)
+    record["score_weight"][0] += 1e-3  # a rebuild whose bytes differ from the pinned sha256
+    pinned.write_text(json.dumps(record))
+    with pytest.raises(RuntimeError, match="the backbone differs; do not run the study"):
+        restore(tmp_path / "bb", tmp_path / "cache2" / "rm-x", pinned)
+    assert not (tmp_path / "cache2").exists() or not any((tmp_path / "cache2").iterdir())
