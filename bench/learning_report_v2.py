@@ -14,7 +14,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from learning_stats import holm, kl_grid, mean_at_kl, min_detectable, paired_t_test
+from learning_stats import holm, kl_grid, mean_at_kl, min_detectable, paired_t_test, t_interval
 
 KL_RANGE, KL_STEP, MIN_PAIRS, LEVEL = (2.0, 8.0), 0.25, 6, 0.05
 PRIMARY = (("C1", "Q1: RED vs sparse PPO with a reward-model critic", "ppo-red", "ppo-sparse-rc"),
@@ -22,6 +22,8 @@ PRIMARY = (("C1", "Q1: RED vs sparse PPO with a reward-model critic", "ppo-red",
            ("C3", "Q3: RED vs sparse, GRPO (no critic)", "grpo-red", "grpo-sparse"))
 EXPLORATORY = (("ppo-red", "ppo-sparse"), ("ppo-sparse-rc", "ppo-sparse"))
 MEASURES = (("gold", "gold judge"), ("rm_score", "proxy reward model"), ("judge", "VADER"))
+ARMS = ("ppo-red", "ppo-sparse-rc", "rloo-red", "rloo-sparse", "grpo-red", "grpo-sparse", "ppo-sparse")
+LAST = (("kl", "KL"), ("gold", "gold"), ("rm_score", "proxy"), ("response_length", "length"))
 # PROTOCOL.md amendment 2: the cache holding the proxy was lost between two sessions and the runner rebuilt the proxy
 # from the same recipe (not bit-identical); runs finished before this moment scored with the original proxy.
 PROXY_REBUILT = "2026-12-04T16:28"
@@ -78,6 +80,23 @@ def primary_table(arms: dict) -> list[dict]:
     return rows
 
 
+def arm_table(arms: dict) -> list[dict]:
+    """Per arm (exploratory, descriptive): G on each measure over the runs that have it, and the means at the last
+    evaluation, each as (mean, low, high) with a 95% t-interval over seeds; `with_g` counts the runs that have G."""
+    rows = []
+    for name in (a for a in ARMS if a in arms):
+        runs = [arms[name][s] for s in sorted(arms[name])]
+        row = {"arm": name, "runs": len(runs)}
+        for key, _ in MEASURES:
+            values = [v for v in (statistic(r, key) for r in runs) if v is not None]
+            row[f"G_{key}"] = t_interval(values) if values else (math.nan,) * 3
+            row["with_g" if key == "gold" else f"with_g_{key}"] = len(values)
+        for key, _ in LAST:
+            row[f"last_{key}"] = t_interval([r["evals"][-1][key] for r in runs])
+        rows.append(row)
+    return rows
+
+
 def verdict(row: dict) -> str:
     if not row["reached"]:
         return f"not reached: {row['pairs']} complete pairs, fewer than {MIN_PAIRS}"
@@ -90,6 +109,11 @@ def _f(x: float, digits: int = 3) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+def _ci(interval: tuple[float, float, float], digits: int = 3) -> str:
+    mean, low, high = interval
+    return f"{_f(mean, digits)} [{_f(low, digits)}, {_f(high, digits)}]"
+
+
 def plot(arms: dict, path: Path) -> Path:
     """Gold (left axis, solid) and proxy (right axis, dashed) against KL, one panel per arm, a line per seed."""
     import matplotlib
@@ -97,8 +121,7 @@ def plot(arms: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [a for a in ("ppo-red", "ppo-sparse-rc", "rloo-red", "rloo-sparse", "grpo-red", "grpo-sparse", "ppo-sparse")
-             if a in arms]
+    names = [a for a in ARMS if a in arms]
     fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.6), squeeze=False, sharey=True)
     twins = []
     for ax, name in zip(axes[0], names):
@@ -145,6 +168,17 @@ def report(runs: list[dict], folder: Path) -> dict:
     exploratory = [compare(arms, a, b, key) for key, _ in MEASURES for a, b in EXPLORATORY + tuple(
         (p[2], p[3]) for p in PRIMARY) if not (key == "gold" and (a, b) in {(p[2], p[3]) for p in PRIMARY})]
     exploratory = [e for e in exploratory if e["seeds_run"]]
+    per_arm = arm_table(arms)
+    start = {key: statistics.fmean(r["evals"][0][key] for r in runs) for key, _ in MEASURES}
+    print("\nPer arm (exploratory, descriptive): G on each measure (runs with G), and the means at the last "
+          "evaluation; 95% t-intervals over seeds. Before training (mean of every run's step 0): "
+          + ", ".join(f"{label} {_f(start[key])}" for key, label in MEASURES) + "\n")
+    print("| arm | runs | G gold (runs) | G proxy | G VADER | last: " + " | ".join(label for _, label in LAST) + " |")
+    print("|---" * (5 + len(LAST)) + "|")
+    for a in per_arm:
+        print(f"| {a['arm']} | {a['runs']} | {_ci(a['G_gold'])} ({a['with_g']}) | {_ci(a['G_rm_score'])} | "
+              f"{_ci(a['G_judge'])} | " + " | ".join(_ci(a[f"last_{key}"], 1 if key in ("kl", "response_length") else 3)
+                                                    for key, _ in LAST) + " |")
     print("\nExploratory (no correction; not part of the protocol's tests)\n")
     print("| difference | measure | pairs | mean [95% CI] | p (uncorrected) |")
     print("|---|---|---|---|---|")
@@ -154,6 +188,7 @@ def report(runs: list[dict], folder: Path) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     figure = plot(arms, folder / "score_vs_kl.png")
     summary = {"kl_range": KL_RANGE, "primary": rows, "same_proxy": same_proxy, "exploratory": exploratory,
+               "arms": per_arm, "start": start,
                "runs": len(runs), "run_hours": sum(r["wall_s"] for r in runs) / 3600, "commit": runs[0]["commit"] if runs else None}
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=lambda x: None) + "\n")
     print(f"\n{len(runs)} runs, {summary['run_hours']:.1f} run-hours; plot: {figure}")

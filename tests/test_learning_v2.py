@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-from learning_stats import holm, paired_t_test  # noqa: E402
+from learning_stats import holm, paired_t_test, t_interval  # noqa: E402
 
 
 def test_the_v2_plan_runs_a_seeds_primary_pairs_first_and_grpo_only_when_asked():
@@ -34,7 +34,7 @@ def test_the_v2_plan_runs_a_seeds_primary_pairs_first_and_grpo_only_when_asked()
 
 
 def _run(arm: str, seed: int, golds: list[float], kls: list[float], commit: str = "abc1234") -> dict:
-    evals = [{"step": 4 * i, "gold": g, "rm_score": 2 * g, "judge": g / 4, "kl": k}
+    evals = [{"step": 4 * i, "gold": g, "rm_score": 2 * g, "judge": g / 4, "kl": k, "response_length": 64 - i}
              for i, (g, k) in enumerate(zip(golds, kls))]
     return {"arm": arm, "seed": seed, "evals": evals, "wall_s": 60.0, "commit": commit}
 
@@ -65,6 +65,28 @@ def test_primary_table_pairs_by_seed_tests_and_holm_corrects(tmp_path):
     assert (c1["p_holm"], c2["p_holm"]) == pytest.approx(tuple(holm([c1["p"], c2["p"]])))
     assert c1["finding"] and not c2["finding"] and c2["detectable"] > 0
     assert (tmp_path / "score_vs_kl.png").is_file() and (tmp_path / "summary.json").is_file()
+
+
+def test_the_per_arm_table_gives_each_arms_g_and_last_evaluation_over_its_seeds(tmp_path, capsys):
+    from learning_report_v2 import report
+
+    summary = report(_study(tmp_path, rloo_reaching=5), tmp_path)
+    arms = {a["arm"]: a for a in summary["arms"]}
+    assert list(arms) == ["ppo-red", "ppo-sparse-rc", "rloo-red", "rloo-sparse"]
+    noise = [0.05 * (s % 3 - 1) for s in range(8)]
+    g = [0.1 * s + 1.0 + noise[s] for s in range(8)]  # a straight trace 0 -> 10 nats: G is the score at KL 5
+    assert arms["ppo-red"]["G_gold"] == pytest.approx(t_interval(g))
+    assert arms["ppo-red"]["G_rm_score"] == pytest.approx(t_interval([2 * x for x in g]))
+    assert arms["ppo-red"]["G_judge"] == pytest.approx(t_interval([x / 4 for x in g]))
+    assert arms["ppo-red"]["last_gold"] == pytest.approx(t_interval([0.1 * s + 2.0 + 2 * noise[s] for s in range(8)]))
+    assert arms["ppo-red"]["last_kl"] == pytest.approx((10.0, 10.0, 10.0))
+    assert arms["ppo-red"]["last_response_length"] == pytest.approx((62.0, 62.0, 62.0))
+    # seeds 5-7 of rloo-red stop at 7 nats: they have no G, and the mean is over the other five
+    assert (arms["rloo-red"]["runs"], arms["rloo-red"]["with_g"]) == (8, 5)
+    assert arms["rloo-red"]["G_gold"] == pytest.approx(t_interval([0.1 * s + 0.5 for s in range(5)]))
+    assert summary["start"]["gold"] == pytest.approx(0.35)  # every run's step 0: 0.1 * seed, seeds 0-7
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| rloo-red | 8 |"))
+    assert "(5)" in row
 
 
 def test_the_sensitivity_check_leaves_out_a_seed_whose_two_runs_trained_on_different_proxies(tmp_path):
