@@ -192,4 +192,8 @@ def report(runs: list[dict], folder: Path) -> dict:
                "runs": len(runs), "run_hours": sum(r["wall_s"] for r in runs) / 3600, "commit": runs[0]["commit"] if runs else None}
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=lambda x: None) + "\n")
     print(f"\n{len(runs)} runs, {summary['run_hours']:.1f} run-hours; plot: {figure}")
+    for r in rows:  # the summary lines `make bench-learning` ends with, one per primary comparison
+        print(f"learning: {r['id']} {r['a']} - {r['b']}, G (gold over KL {KL_RANGE[0]:g}-{KL_RANGE[1]:g}) "
+              f"{_ci((r['mean'], r['low'], r['high']))}, p {_f(r['p'])}, Holm p {_f(r['p_holm'])}, "
+              f"{r['pairs']} pairs: {verdict(r)}")
     return summary

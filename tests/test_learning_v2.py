@@ -85,8 +85,12 @@ def test_the_per_arm_table_gives_each_arms_g_and_last_evaluation_over_its_seeds(
     assert (arms["rloo-red"]["runs"], arms["rloo-red"]["with_g"]) == (8, 5)
     assert arms["rloo-red"]["G_gold"] == pytest.approx(t_interval([0.1 * s + 0.5 for s in range(5)]))
     assert summary["start"]["gold"] == pytest.approx(0.35)  # every run's step 0: 0.1 * seed, seeds 0-7
-    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| rloo-red | 8 |"))
+    out = capsys.readouterr().out.splitlines()
+    row = next(line for line in out if line.startswith("| rloo-red | 8 |"))
     assert "(5)" in row
+    summary_lines = [line for line in out if line.startswith("learning: ")]
+    assert [line.split()[1] for line in summary_lines] == ["C1", "C2"]
+    assert summary_lines[1].endswith("5 pairs: not reached: 5 complete pairs, fewer than 6")
 
 
 def test_the_sensitivity_check_leaves_out_a_seed_whose_two_runs_trained_on_different_proxies(tmp_path):
