@@ -82,7 +82,7 @@ def primary_table(arms: dict) -> list[dict]:
 
 def arm_table(arms: dict) -> list[dict]:
     """Per arm (exploratory, descriptive): G on each measure over the runs that have it, and the means at the last
-    evaluation, each as (mean, low, high) with a 95% t-interval over seeds; `with_g` counts the runs that have G."""
+    evaluation, each as (mean, low, high) with a 95% t-interval over seeds; `with_g_<measure>` counts the runs with G."""
     rows = []
     for name in (a for a in ARMS if a in arms):
         runs = [arms[name][s] for s in sorted(arms[name])]
@@ -90,7 +90,7 @@ def arm_table(arms: dict) -> list[dict]:
         for key, _ in MEASURES:
             values = [v for v in (statistic(r, key) for r in runs) if v is not None]
             row[f"G_{key}"] = t_interval(values) if values else (math.nan,) * 3
-            row["with_g" if key == "gold" else f"with_g_{key}"] = len(values)
+            row[f"with_g_{key}"] = len(values)
         for key, _ in LAST:
             row[f"last_{key}"] = t_interval([r["evals"][-1][key] for r in runs])
         rows.append(row)
@@ -107,6 +107,10 @@ def verdict(row: dict) -> str:
 
 def _f(x: float, digits: int = 3) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _interval(comparison: dict) -> tuple[float, float, float]:
+    return comparison["mean"], comparison["low"], comparison["high"]
 
 
 def _ci(interval: tuple[float, float, float], digits: int = 3) -> str:
@@ -154,7 +158,7 @@ def report(runs: list[dict], folder: Path) -> dict:
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['id']}: {r['a']} - {r['b']} | {r['question']} | {r['pairs']} of {r['seeds_run']} | "
-              f"{_f(r['mean'])} [{_f(r['low'])}, {_f(r['high'])}] | {_f(r['t'], 2)} | {_f(r['p'])} | "
+              f"{_ci(_interval(r))} | {_f(r['t'], 2)} | {_f(r['p'])} | "
               f"{_f(r['p_holm'])} | {verdict(r)} |")
     same_proxy = [{"id": r["id"], **compare(arms, r["a"], r["b"], same_proxy=True)} for r in rows]
     print("\nSensitivity (PROTOCOL.md amendment 2; exploratory, uncorrected): the primary comparisons on the seeds "
@@ -164,7 +168,7 @@ def report(runs: list[dict], folder: Path) -> dict:
     for r, s in zip(rows, same_proxy):
         left_out = sorted(set(r["seeds"]) - set(s["seeds"]))
         print(f"| {s['id']}: {s['a']} - {s['b']} | {s['pairs']} | {', '.join(map(str, left_out)) or 'none'} | "
-              f"{_f(s['mean'])} [{_f(s['low'])}, {_f(s['high'])}] | {_f(s['p'])} |")
+              f"{_ci(_interval(s))} | {_f(s['p'])} |")
     exploratory = [compare(arms, a, b, key) for key, _ in MEASURES for a, b in EXPLORATORY + tuple(
         (p[2], p[3]) for p in PRIMARY) if not (key == "gold" and (a, b) in {(p[2], p[3]) for p in PRIMARY})]
     exploratory = [e for e in exploratory if e["seeds_run"]]
@@ -176,15 +180,15 @@ def report(runs: list[dict], folder: Path) -> dict:
     print("| arm | runs | G gold (runs) | G proxy | G VADER | last: " + " | ".join(label for _, label in LAST) + " |")
     print("|---" * (5 + len(LAST)) + "|")
     for a in per_arm:
-        print(f"| {a['arm']} | {a['runs']} | {_ci(a['G_gold'])} ({a['with_g']}) | {_ci(a['G_rm_score'])} | "
+        print(f"| {a['arm']} | {a['runs']} | {_ci(a['G_gold'])} ({a['with_g_gold']}) | {_ci(a['G_rm_score'])} | "
               f"{_ci(a['G_judge'])} | " + " | ".join(_ci(a[f"last_{key}"], 1 if key in ("kl", "response_length") else 3)
                                                     for key, _ in LAST) + " |")
     print("\nExploratory (no correction; not part of the protocol's tests)\n")
     print("| difference | measure | pairs | mean [95% CI] | p (uncorrected) |")
     print("|---|---|---|---|---|")
     for e in exploratory:
-        print(f"| {e['a']} - {e['b']} | {dict(MEASURES)[e['measure']]} | {e['pairs']} | {_f(e['mean'])} "
-              f"[{_f(e['low'])}, {_f(e['high'])}] | {_f(e['p'])} |")
+        print(f"| {e['a']} - {e['b']} | {dict(MEASURES)[e['measure']]} | {e['pairs']} | {_ci(_interval(e))} | "
+              f"{_f(e['p'])} |")
     folder.mkdir(parents=True, exist_ok=True)
     figure = plot(arms, folder / "score_vs_kl.png")
     summary = {"kl_range": KL_RANGE, "primary": rows, "same_proxy": same_proxy, "exploratory": exploratory,
@@ -194,6 +198,6 @@ def report(runs: list[dict], folder: Path) -> dict:
     print(f"\n{len(runs)} runs, {summary['run_hours']:.1f} run-hours; plot: {figure}")
     for r in rows:  # the summary lines `make bench-learning` ends with, one per primary comparison
         print(f"learning: {r['id']} {r['a']} - {r['b']}, G (gold over KL {KL_RANGE[0]:g}-{KL_RANGE[1]:g}) "
-              f"{_ci((r['mean'], r['low'], r['high']))}, p {_f(r['p'])}, Holm p {_f(r['p_holm'])}, "
+              f"{_ci(_interval(r))}, p {_f(r['p'])}, Holm p {_f(r['p_holm'])}, "
               f"{r['pairs']} pairs: {verdict(r)}")
     return summary

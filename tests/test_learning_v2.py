@@ -82,7 +82,7 @@ def test_the_per_arm_table_gives_each_arms_g_and_last_evaluation_over_its_seeds(
     assert arms["ppo-red"]["last_kl"] == pytest.approx((10.0, 10.0, 10.0))
     assert arms["ppo-red"]["last_response_length"] == pytest.approx((62.0, 62.0, 62.0))
     # seeds 5-7 of rloo-red stop at 7 nats: they have no G, and the mean is over the other five
-    assert (arms["rloo-red"]["runs"], arms["rloo-red"]["with_g"]) == (8, 5)
+    assert (arms["rloo-red"]["runs"], arms["rloo-red"]["with_g_gold"]) == (8, 5)
     assert arms["rloo-red"]["G_gold"] == pytest.approx(t_interval([0.1 * s + 0.5 for s in range(5)]))
     assert summary["start"]["gold"] == pytest.approx(0.35)  # every run's step 0: 0.1 * seed, seeds 0-7
     out = capsys.readouterr().out.splitlines()
