@@ -42,6 +42,7 @@ def restore(backbone: str | Path, out: Path, pinned: Path = PINNED) -> Path:
     """The pinned proxy in `out`: rebuilt from `backbone` and the committed head when missing, checked when present."""
     import torch
 
+    from red_rlhf.models.packaged import publish_folder
     from red_rlhf.training.reward_model import keep_first_layers, load_backbone, save_reward_model
 
     p = json.loads(pinned.read_text())
@@ -63,7 +64,7 @@ def restore(backbone: str | Path, out: Path, pinned: Path = PINNED) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise RuntimeError(f"rebuilding the pinned proxy from {backbone} gave model.safetensors sha256 {got[:12]}..., "
                            f"not {p['model_sha256'][:12]}...: the backbone differs; do not run the study with it")
-    tmp.rename(out)
+    publish_folder(tmp, out, marker="rm_metrics.json")  # another worker's complete restore there first: kept
     print(f"reward model restored from {pinned.name} in {out} (no training)")
     return out
 

@@ -189,3 +189,34 @@ def test_the_pinned_proxy_is_rebuilt_byte_for_byte_without_training_and_a_differ
     with pytest.raises(RuntimeError, match="the backbone differs; do not run the study"):
         restore(tmp_path / "bb", tmp_path / "cache2" / "rm-x", pinned)
     assert not (tmp_path / "cache2").exists() or not any((tmp_path / "cache2").iterdir())
+
+
+def test_two_workers_restoring_the_pinned_proxy_at_once_keep_the_first_complete_folder(tmp_path, monkeypatch):
+    import shutil
+
+    import torch
+
+    import red_rlhf.training.reward_model as reward_model
+    from red_rlhf.models.tiny import tiny_reward_model, tiny_tokenizer
+    from study_proxy import pin, restore
+
+    tok = tiny_tokenizer("gpt2")
+    tiny_reward_model("llama", len(tok), pad_token_id=tok.pad_token_id, layers=2).save_pretrained(tmp_path / "bb")
+    tok.save_pretrained(tmp_path / "bb")
+    model, rm_tok = reward_model.load_backbone(str(tmp_path / "bb"))
+    torch.manual_seed(5)
+    torch.nn.init.normal_(model.score.weight)
+    pinned = tmp_path / "proxy_head.json"
+    pin(reward_model.save_reward_model(model, rm_tok, tmp_path / "trained" / "rm-x", {"a": 1}), pinned, keep_layers=2)
+    out = tmp_path / "cache" / "rm-x"
+    save = reward_model.save_reward_model
+
+    def save_then_other_worker_finishes(m, t, folder, metrics):  # the other worker renames its folder in meanwhile
+        done = save(m, t, folder, metrics)
+        shutil.copytree(done, out)
+        return done
+
+    monkeypatch.setattr(reward_model, "save_reward_model", save_then_other_worker_finishes)
+    assert restore(tmp_path / "bb", out, pinned) == out
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["rm-x"]  # this worker's copy removed
+    assert (out / "rm_metrics.json").is_file()
