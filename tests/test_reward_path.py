@@ -176,6 +176,31 @@ def test_reads_policy_tokens_is_strict(gpt2_tok, gpt2_rm, policy_tok):
     assert not bert_rm.reads_policy_tokens(bert_tok)  # bidirectional: one pass per prefix, never the tensor path
 
 
+def test_reads_policy_tokens_never_answers_for_a_tokenizer_that_is_gone(gpt2_tok, gpt2_rm, policy_tok):
+    """A long-lived reward model (verl's manager keeps one per process) meets one tokenizer after another, and CPython
+    puts a new object where a freed one was: a cached answer must not pass to the tokenizer that takes its address
+    (that read another vocabulary's ids as the reward model's own)."""
+
+    class Handle:  # a small object that delegates to a tokenizer: freed at `del`, its address reused at once
+        def __init__(self, tok):
+            self.tok = tok
+
+        def __getattr__(self, name):
+            return getattr(self.tok, name)
+
+        def __call__(self, *args, **kwargs):
+            return self.tok(*args, **kwargs)
+
+    rm = HFRewardModel(gpt2_rm, gpt2_tok)
+    addresses = []
+    for i in range(8):
+        tok = Handle((policy_tok, gpt2_tok)[i % 2])  # other merges, then the reward model's own, in turn
+        addresses.append(id(tok))
+        assert rm.reads_policy_tokens(tok) == (i % 2 == 1), i
+        del tok
+    assert len(set(addresses)) < len(addresses)  # the case this test is about did occur
+
+
 def test_a_function_source_gives_tensors_through_the_text_path(gpt2_tok):
     calls = []
 

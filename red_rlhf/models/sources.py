@@ -21,6 +21,7 @@ which every scoring path ends in, refuses a NaN or infinite one, naming the sour
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -193,7 +194,7 @@ class HFRewardModel:
                 "chat" if getattr(tokenizer, "chat_template", None) else ("concat" if self.mode == "causal" else "pair"))
         self.format = format
         self.label_index, self.batch_size, self.max_batch_tokens = label_index, batch_size, max_batch_tokens
-        self._reads_cache: dict[int, bool] = {}
+        self._reads_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> answer, while it lives
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, attn_implementation: str | None = None, **kwargs) -> "HFRewardModel":
@@ -214,10 +215,18 @@ class HFRewardModel:
         same special tokens, and the same ids for probe texts with and without special tokens. Anything else
         (another tokenizer, a chat template, pair encoding, a bidirectional model) takes the text path.
         """
-        key = id(tokenizer)
-        if key not in self._reads_cache:
-            self._reads_cache[key] = self.mode == "causal" and self.format == "concat" and same_tokenizer(self.tokenizer, tokenizer)
-        return self._reads_cache[key]
+        # Keyed by the tokenizer itself, held weakly: an id() key outlives its tokenizer, and a new tokenizer at the
+        # freed address would inherit the answer (another vocabulary read as this one's ids).
+        try:
+            answer = self._reads_cache.get(tokenizer)
+        except TypeError:  # an object that cannot be weakly referenced: answered each time, not cached
+            return self._reads(tokenizer)
+        if answer is None:
+            answer = self._reads_cache[tokenizer] = self._reads(tokenizer)
+        return answer
+
+    def _reads(self, tokenizer) -> bool:
+        return self.mode == "causal" and self.format == "concat" and same_tokenizer(self.tokenizer, tokenizer)
 
     def score_tokens(self, batch: TokenBatch, need_attention: bool = False) -> PrefixScores:
         """Prefix scores on the policy's tokens: one forward over the policy's ids when `reads_policy_tokens`."""
